@@ -1,0 +1,89 @@
+"""Pure-torch bit packing helpers shared by the codecs (the twins of the Triton unpack helpers).
+
+Conventions: `codes` are non-negative integer tensors; packing runs along dim 0 ("rows") of a
+2-D tensor, LSB-first (the first field in the lowest bits) unless `msb_first`. Words are returned
+as the signed torch dtype of the word width (int32 / int16 / uint8) with the same bit pattern.
+"""
+from __future__ import annotations
+
+import torch
+
+_WORD = {8: torch.uint8, 16: torch.int16, 32: torch.int32}
+
+
+def _to_word_dtype(words64: torch.Tensor, word_bits: int) -> torch.Tensor:
+    """int64 values in [0, 2**word_bits) -> the word dtype, preserving the bit pattern."""
+    if word_bits == 8:
+        return words64.to(torch.uint8)
+    signed = torch.where(words64 >= 2 ** (word_bits - 1), words64 - 2 ** word_bits, words64)
+    return signed.to(_WORD[word_bits])
+
+
+def _from_word_dtype(words: torch.Tensor, word_bits: int) -> torch.Tensor:
+    """A word tensor -> int64 values in [0, 2**word_bits)."""
+    w = words.to(torch.int64)
+    return w & ((1 << word_bits) - 1)
+
+
+def pack_rows(codes: torch.Tensor, bits: int, word_bits: int = 32, msb_first: bool = False,
+              straddle: bool = False) -> torch.Tensor:
+    """Pack `codes` [R, C] along dim 0 into words [ceil(R*bits/word_bits), C] (straddle) or
+    [ceil(R/(word_bits//bits)), C] (fields never cross a word; leftover high bits are zero)."""
+    codes = codes.to(torch.int64)
+    R, C = codes.shape
+    if (codes < 0).any() or (codes >= (1 << bits)).any():
+        raise ValueError(f"pack_rows: codes must lie in [0, {1 << bits}) for {bits}-bit fields")
+    if straddle:
+        n_words = -(-R * bits // word_bits)
+        words = torch.zeros(n_words, C, dtype=torch.int64)
+        for r in range(R):
+            bit = r * bits
+            w, s = divmod(bit, word_bits)
+            words[w] |= (codes[r] << s) & ((1 << word_bits) - 1)
+            if s + bits > word_bits:  # the field spills into the next word
+                words[w + 1] |= codes[r] >> (word_bits - s)
+        return _to_word_dtype(words, word_bits)
+    per = word_bits // bits
+    n_words = -(-R // per)
+    padded = torch.zeros(n_words * per, C, dtype=torch.int64)
+    padded[:R] = codes
+    padded = padded.view(n_words, per, C)
+    shifts = torch.arange(per, dtype=torch.int64) * bits
+    if msb_first:
+        shifts = (word_bits - bits) - shifts
+    words = (padded << shifts.view(1, per, 1)).sum(dim=1)
+    return _to_word_dtype(words, word_bits)
+
+
+def unpack_rows(words: torch.Tensor, bits: int, rows: int, word_bits: int = 32, msb_first: bool = False,
+                straddle: bool = False) -> torch.Tensor:
+    """Inverse of `pack_rows`: words -> codes [rows, C] as int64."""
+    w = _from_word_dtype(words, word_bits)
+    mask = (1 << bits) - 1
+    if straddle:
+        out = torch.empty(rows, w.shape[1], dtype=torch.int64)
+        for r in range(rows):
+            bit = r * bits
+            i, s = divmod(bit, word_bits)
+            v = w[i] >> s
+            if s + bits > word_bits:
+                v = v | (w[i + 1] << (word_bits - s))
+            out[r] = v & mask
+        return out
+    per = word_bits // bits
+    shifts = torch.arange(per, dtype=torch.int64) * bits
+    if msb_first:
+        shifts = (word_bits - bits) - shifts
+    vals = (w.unsqueeze(1) >> shifts.view(1, per, 1)) & mask
+    return vals.reshape(-1, w.shape[1])[:rows]
+
+
+def pack_cols(codes: torch.Tensor, bits: int, word_bits: int = 32, msb_first: bool = False,
+              straddle: bool = False) -> torch.Tensor:
+    """Pack along dim 1: [R, C] -> [R, words]."""
+    return pack_rows(codes.t(), bits, word_bits, msb_first, straddle).t().contiguous()
+
+
+def unpack_cols(words: torch.Tensor, bits: int, cols: int, word_bits: int = 32, msb_first: bool = False,
+                straddle: bool = False) -> torch.Tensor:
+    return unpack_rows(words.t(), bits, cols, word_bits, msb_first, straddle).t().contiguous()

@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+# Triton kernels run under the interpreter on a CPU-only machine; set it before triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def gen():
+    """A fresh, seeded generator per test: reproducible, but never the same data across tests by accident."""
+    return torch.Generator().manual_seed(hash(os.environ.get("PYTEST_CURRENT_TEST", "")) & 0xFFFF_FFFF)
