@@ -1,0 +1,76 @@
+"""Per-arch facts and the one heuristic `default_config(spec, problem, arch)`.
+
+No template branches on the arch: they read plan fields that are derived here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ir import FormatSpec, KernelConfig, SpecError
+
+
+@dataclass(frozen=True, slots=True)
+class Arch:
+    name: str
+    capability: tuple[int, int]
+    smem_bytes: int          # max dynamic shared memory per block
+    fp8: bool                # fp8 tensor-core dot (e4m3)
+    int8_dot: bool
+    sms: int                 # a typical SM count (for split-K heuristics; the runtime uses the real one)
+
+
+ARCHES = {
+    "sm80": Arch("sm80", (8, 0), 163 * 1024, False, True, 108),
+    "sm86": Arch("sm86", (8, 6), 99 * 1024, False, True, 84),
+    "sm89": Arch("sm89", (8, 9), 99 * 1024, True, True, 128),
+    "sm90": Arch("sm90", (9, 0), 227 * 1024, True, True, 132),
+}
+
+
+def get_arch(name: str) -> Arch:
+    if name not in ARCHES:
+        raise SpecError(f"--arch {name!r} is not supported; expected one of {sorted(ARCHES)}")
+    return ARCHES[name]
+
+
+def arch_of_capability(major: int, minor: int) -> str:
+    """Nearest supported arch at or below a device's compute capability."""
+    best = None
+    for a in ARCHES.values():
+        if a.capability <= (major, minor) and (best is None or a.capability > best.capability):
+            best = a
+    if best is None:
+        raise SpecError(f"compute capability {major}.{minor} is below the oldest supported arch sm80")
+    return best.name
+
+
+def check_arch_support(spec: FormatSpec, arch: Arch) -> None:
+    """Refuse at build time what the arch cannot run."""
+    aq = spec.act_quant
+    if aq is not None and aq.kind == "fp8_e4m3" and not arch.fp8:
+        raise SpecError(f"format {spec.name!r} needs fp8 (e4m3) tensor cores; arch {arch.name} has none "
+                        f"(fp8 needs sm89 or sm90). Use the int8 variant or build for sm90.")
+    if spec.decode.kind == "affine" and any(t.dtype == "float8_e4m3fn" for t in spec.tensors) and not arch.fp8:
+        raise SpecError(f"format {spec.name!r} stores fp8 weights; arch {arch.name} has no fp8 support (sm89/sm90)")
+
+
+def kernel_family(M: int) -> str:
+    """gemv for a handful of rows (bandwidth-bound), gemm (tl.dot) above."""
+    return "gemv" if M <= 4 else "gemm"
+
+
+def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | Arch) -> KernelConfig:
+    """A deterministic, legal config when the tuning database has no entry."""
+    a = get_arch(arch) if isinstance(arch, str) else arch
+    M, N, K = problem
+    if kernel_family(M) == "gemv":
+        block_m = 1 if M == 1 else 4
+        block_n, block_k = 64, 128
+        # enough programs to fill the machine: split K when N alone gives too few tiles
+        tiles = -(-N // block_n)
+        split_k = 1
+        while tiles * split_k < 2 * a.sms and K // (block_k * split_k * 2) >= 2:
+            split_k *= 2
+        return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k, num_warps=4,
+                            num_stages=2)
+    block_m = 16 if M <= 16 else 32 if M <= 32 else 64
+    return KernelConfig(block_m=block_m, block_n=64, block_k=64, split_k=1, num_warps=4, num_stages=3)

@@ -1,0 +1,73 @@
+"""Artifact folders: one generated file per kernel plus manifest.json, written atomically."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from ir import FormatSpec, KernelConfig, SpecError
+
+from . import __version__
+from .arch import default_config, get_arch, kernel_family
+from .env import template_hash
+from .plan import KernelPlan, lower
+from .triton_backend import render_triton, template_for
+
+DEFAULT_SHAPES = ((4096, 4096),)
+DEFAULT_BATCHES = (1, 16, 128)
+BACKENDS = ("triton",)
+
+
+def atomic_write(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def plans_for(spec: FormatSpec, arch: str, shapes: Iterable[tuple[int, int]], batches: Iterable[int],
+              config: KernelConfig | None = None) -> list[tuple[KernelPlan, list[dict]]]:
+    """One plan per distinct (family, config); each lists the (M, N, K) cases it serves."""
+    get_arch(arch)
+    plans: dict[str, tuple[KernelPlan, list[dict]]] = {}
+    for N, K in shapes:
+        spec.check_shape(N, K)
+        for M in batches:
+            cfg = config or default_config(spec, (M, N, K), arch)
+            plan = lower(spec, M, N, K, cfg, arch)
+            plans.setdefault(plan.name, (plan, []))[1].append({"M": M, "N": N, "K": K})
+    return list(plans.values())
+
+
+def build(spec: FormatSpec, arch: str, out_dir: str | Path, backend: str = "triton",
+          shapes: Iterable[tuple[int, int]] = DEFAULT_SHAPES, batches: Iterable[int] = DEFAULT_BATCHES,
+          config: KernelConfig | None = None) -> dict:
+    """Write the artifact folder for one format and return the manifest."""
+    if backend not in BACKENDS:
+        raise SpecError(f"--backend {backend!r} is not available; built backends: {list(BACKENDS)} "
+                        f"(the TVM backend is tracked in its own issue)")
+    out = Path(out_dir)
+    kernels = []
+    for plan, cases in plans_for(spec, arch, list(shapes), list(batches), config):
+        src = render_triton(plan)
+        atomic_write(out / f"{plan.name}.py", src)
+        kernels.append({
+            "name": plan.name, "file": f"{plan.name}.py", "backend": "triton", "family": plan.family,
+            "template": template_for(plan), "decode_template": plan.decode_template,
+            "config": plan.config.to_dict(), "config_key": plan.config.key, "entry_point": "run",
+            "tensors": list(plan.tensor_names), "cases": cases,
+        })
+    manifest = {
+        "generator": f"quantcc {__version__}", "format": spec.name, "spec": json.loads(spec.to_json()),
+        "spec_key": spec.key, "arch": arch, "template_hash": template_hash(), "kernels": kernels,
+    }
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest

@@ -1,0 +1,52 @@
+"""The one Jinja Environment of quantcc (StrictUndefined: a missing variable is an error, not '')."""
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import jinja2
+
+TEMPLATE_ROOT = Path(__file__).resolve().parent.parent / "templates"
+
+
+class TemplateError(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_ROOT)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+        extensions=["jinja2.ext.do"],
+    )
+    env.filters["pyrepr"] = repr
+    return env
+
+
+def render(template: str, **context) -> str:
+    """Render a template; syntax and undefined-variable errors come back with numbered context lines."""
+    env = environment()
+    try:
+        return env.get_template(template).render(**context)
+    except jinja2.TemplateSyntaxError as e:
+        src = Path(e.filename or TEMPLATE_ROOT / template).read_text().splitlines()
+        lo, hi = max(0, e.lineno - 4), min(len(src), e.lineno + 3)
+        ctx = "\n".join(f"{'>>' if i + 1 == e.lineno else '  '} {i + 1:4d} | {src[i]}" for i in range(lo, hi))
+        raise TemplateError(f"{e.filename}:{e.lineno}: {e.message}\n{ctx}") from e
+    except jinja2.UndefinedError as e:
+        raise TemplateError(f"rendering {template}: {e.message} (a template used a variable the plan lacks)") from e
+
+
+def template_hash(*names: str) -> str:
+    """sha256 over the named templates and every macro file they may import (all of templates/)."""
+    h = hashlib.sha256()
+    for p in sorted(TEMPLATE_ROOT.rglob("*.jinja")):
+        h.update(p.relative_to(TEMPLATE_ROOT).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
