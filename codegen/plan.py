@@ -49,6 +49,7 @@ class KernelPlan:
     optional_names: tuple[str, ...]
     params: dict                # every spec param (strings too), for render-time choices in decode macros
     decode: dict                # the spec's Decode: kind, bits, signed, table, params (as a dict)
+    packing: dict               # the spec's Packing (layout, word dtype, field bits, order, axis, straddle)
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
@@ -148,4 +149,5 @@ def lower(spec: FormatSpec, M: int, N: int, K: int, config: KernelConfig, arch: 
         params=dict(spec.params),
         decode={"kind": spec.decode.kind, "bits": spec.decode.bits, "signed": spec.decode.signed,
                 "table": spec.decode.table, "params": dict(spec.decode.params)},
+        packing=spec.packing.to_dict(),
     )
