@@ -268,6 +268,8 @@ class FormatSpec(_Keyed):
             v = getattr(self, fld)
             if isinstance(v, dict):
                 object.__setattr__(self, fld, cls(**v))
+            elif not isinstance(v, cls) and not (fld == "act_quant" and v is None):
+                _fail("FormatSpec", fld, v, f"a {cls.__name__}")
         for fld, cls in (("tensors", TensorField), ("scales", ScaleLevel), ("transforms", Transform)):
             items = tuple(cls(**v) if isinstance(v, dict) else v for v in _freeze(getattr(self, fld)))
             object.__setattr__(self, fld, items)

@@ -81,7 +81,8 @@ def test_spec_describes_layout():
     s3 = get_format("gptq", bits=3, desc_act=True)
     assert s3.packing.straddle and s3.packing.field_bits == 3 and s3.packing.axis == "K"
     assert s3.k_multiple == 128 and s3.n_multiple == 32
-    assert s3.transforms[0].kind == "permutation" and s3.transforms[0].tensor == "g_idx"
+    # g_idx gathers scales and zeros per input column; x is not permuted (no transform)
+    assert s3.transforms == () and s3.tensor("g_idx").role == "meta" and not s3.tensor("g_idx").optional
     assert not s3.tensor("g_idx").optional and get_format("gptq").tensor("g_idx").optional
     assert get_format("gptq").decode.param("zero_offset") == 1
     assert get_format("gptq", checkpoint="v2").decode.param("zero_offset") == 0

@@ -18,7 +18,7 @@ import math
 import torch
 
 from ..registry import register_codec, register_format
-from ..spec import Decode, FormatSpec, Packing, ScaleLevel, SpecError, TensorField, Transform
+from ..spec import Decode, FormatSpec, Packing, ScaleLevel, SpecError, TensorField
 from .gptq_pack import (AWQ_ORDER, affine_dequant_fp16, awq_pack_cols, awq_unpack_cols, eqat_pack_codes,
                         eqat_pack_zeros, eqat_unpack_codes, eqat_unpack_zeros, gptq_pack_codes, gptq_pack_zeros,
                         gptq_unpack_codes, gptq_unpack_zeros, group_index, minmax_scale_zero, rtn_codes)
@@ -67,9 +67,9 @@ def _gptq_spec(name: str, bits: int, group_size: int, sym: bool, desc_act: bool,
         TensorField("qweight", "int32", ("K*bits//32", "N"), "codes"),
         TensorField("qzeros", "int32", (GROUPS, "N*bits//32"), "zeros"),
         TensorField("scales", "float16", (GROUPS, "N"), "scales"),
-        TensorField("g_idx", "int32", ("K",), "perm", optional=not desc_act),
+        # g_idx is the group of each input column (a gather on scales/zeros), not a permutation of x
+        TensorField("g_idx", "int32", ("K",), "meta", optional=not desc_act),
     )
-    transforms = (Transform(kind="permutation", side="input", placement="online", tensor="g_idx"),) if desc_act else ()
     decode = Decode(kind="affine", bits=bits, signed=False, params=(
         ("compute_dtype", "float16"),
         ("formula", FORMULA),
@@ -84,7 +84,7 @@ def _gptq_spec(name: str, bits: int, group_size: int, sym: bool, desc_act: bool,
         name=name, family="gptq",
         packing=Packing(layout="gptq", word_dtype="int32", field_bits=bits, order="lsb", axis="K",
                         straddle=straddle, fields_per_word=0 if straddle else word_fields),
-        decode=decode, tensors=tensors, scales=(_scale_level(group_size),), transforms=transforms,
+        decode=decode, tensors=tensors, scales=(_scale_level(group_size),),
         params=(
             ("bits", bits), ("group_size", group_size), ("sym", sym), ("desc_act", desc_act),
             ("checkpoint", checkpoint),
