@@ -182,6 +182,15 @@ class GptqCodec:
             out["g_idx"] = g_idx.to(torch.int32)
         return out
 
+    def synthetic(self, spec: FormatSpec, N: int, K: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random words and scales; under desc_act an act-order g_idx (column perm[j] in group j // g)."""
+        from ..synthetic import random_by_role
+        out = random_by_role(spec, N, K, gen)
+        if spec.param("desc_act"):
+            perm = torch.randperm(K, generator=gen)
+            out["g_idx"] = group_index(perm, _group_size(spec, K)).to(torch.int32)
+        return out
+
     def dequantize(self, spec: FormatSpec, tensors: dict[str, torch.Tensor], N: int, K: int) -> torch.Tensor:
         bits = spec.param("bits")
         g_idx = _g_idx(spec, tensors, K)

@@ -1,0 +1,17 @@
+"""Every environment knob quantcc reads, in one place (read at call time, never at import).
+
+QUANTCC_CACHE_DIR   where generated kernels are cached (default ~/.cache/quantcc)
+QUANTCC_DEBUG       1: log kernel names, template names and spec keys as kernels are built and loaded
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("QUANTCC_CACHE_DIR", Path.home() / ".cache" / "quantcc"))
+
+
+def debug() -> bool:
+    return os.environ.get("QUANTCC_DEBUG", "0") == "1"
