@@ -1,0 +1,113 @@
+"""Reading the per-GPU tuning database (the autotuner writes it: autotune/db.py).
+
+File: autotune/db/<gpu slug>.json
+{
+  "schema": 1,
+  "header": {"gpu": str, "capability": "9.0", "driver": str, "cuda": str, "torch": str, "triton": str,
+             "tvm": str | null, "quantcc": str, "template_hash": str},
+  "entries": {"<spec key>|<backend>|<N>|<K>|<M bucket>": {
+      "format": str, "config": {KernelConfig fields}, "us": float,
+      "runner_up": {"config": {...}, "us": float} | null, "tuned_at": ISO time}}
+}
+On load the header is compared with this machine: another GPU or another template hash is a hard mismatch
+(the file is ignored: its configs were measured for other kernels); another driver/CUDA/torch/triton/quantcc
+version is a soft mismatch (entries are used but marked stale, to be re-tuned)."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ir import FormatSpec, KernelConfig
+
+SCHEMA = 1
+DB_DIR = Path(__file__).resolve().parent.parent / "autotune" / "db"
+M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+log = logging.getLogger("quantcc.runtime")
+
+
+def m_bucket(M: int) -> int:
+    """The documented M buckets: the smallest of 1, 2, 4, ..., 256 that is >= M; 512 stands for every M > 256."""
+    if M < 1:
+        raise ValueError(f"M = {M} is invalid; expected a positive number of rows")
+    for b in M_BUCKETS:
+        if M <= b:
+            return b
+    return 512
+
+
+def gpu_slug(name: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+def entry_key(spec_key: str, backend: str, N: int, K: int, bucket: int) -> str:
+    return f"{spec_key}|{backend}|{N}|{K}|{bucket}"
+
+
+@dataclass(frozen=True)
+class Lookup:
+    config: KernelConfig
+    source: str          # "db" | "db-stale" | "heuristic"
+    note: str = ""
+
+
+HARD_KEYS = ("gpu", "template_hash")
+SOFT_KEYS = ("capability", "driver", "cuda", "torch", "triton", "quantcc")
+
+
+def compare_headers(stored: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(hard mismatches, soft mismatches) as 'key: stored != current' strings."""
+    hard = [f"{k}: {stored.get(k)!r} != {current.get(k)!r}" for k in HARD_KEYS if stored.get(k) != current.get(k)]
+    soft = [f"{k}: {stored.get(k)!r} != {current.get(k)!r}" for k in SOFT_KEYS if stored.get(k) != current.get(k)]
+    return hard, soft
+
+
+def read_db(path: Path) -> dict:
+    """Parse and validate a database file; raise ValueError naming the file and the problem."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"tuning database {path} is not valid JSON ({e}); delete it or re-run `python -m autotune sweep`") from e
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("entries"), dict):
+        raise ValueError(f"tuning database {path} has schema {data.get('schema') if isinstance(data, dict) else '?'}; "
+                         f"expected {SCHEMA} with 'header' and 'entries'")
+    return data
+
+
+@functools.lru_cache(maxsize=8)
+def _load_for(gpu: str, current_json: str, db_dir: str) -> tuple[dict, bool, str]:
+    """(entries, stale, note) for this GPU; cached per (gpu, header, folder)."""
+    current = json.loads(current_json)
+    path = Path(db_dir) / f"{gpu_slug(gpu)}.json"
+    if not path.exists():
+        return {}, False, f"no tuning database {path}"
+    data = read_db(path)
+    hard, soft = compare_headers(data.get("header", {}), current)
+    if hard:
+        return {}, False, f"tuning database {path} ignored (hard mismatch: {'; '.join(hard)})"
+    return data["entries"], bool(soft), ("stale: " + "; ".join(soft)) if soft else ""
+
+
+_warned: set = set()
+
+
+def lookup_config(spec: FormatSpec, N: int, K: int, M: int, header: dict, backend: str = "triton",
+                  db_dir: Path | None = None) -> Lookup | None:
+    """The tuned config for (spec, backend, N, K, bucket(M)) on the GPU `header` describes, or None."""
+    entries, stale, note = _load_for(header.get("gpu", ""), json.dumps(header, sort_keys=True), str(db_dir or DB_DIR))
+    e = entries.get(entry_key(spec.key, backend, N, K, m_bucket(M)))
+    if e is None:
+        if note and note not in _warned:
+            _warned.add(note)
+            log.warning("quantcc: %s", note)
+        return None
+    try:
+        cfg = KernelConfig(**e["config"])
+    except (TypeError, ValueError) as err:
+        log.warning("quantcc: tuning entry for %s N=%d K=%d M-bucket %d is invalid (%s); using the heuristic",
+                    spec.name, N, K, m_bucket(M), err)
+        return None
+    return Lookup(cfg, "db-stale" if stale else "db", note)
