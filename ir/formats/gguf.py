@@ -406,6 +406,17 @@ class GGUFCodec:
         blocks = torch.cat([parts[n].reshape(-1, f[n][1]) for n in order], dim=1)
         return {"blocks": blocks.reshape(N, K // bs * ts)}
 
+    def synthetic(self, spec: FormatSpec, N: int, K: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random block bytes with every fp16 field (d, dmin) overwritten by a finite positive value,
+        fast at real shapes (the K-quant reference search is not)."""
+        ts = spec.param("type_size")
+        blocks = torch.randint(0, 256, (N * (K // spec.param("block_size")), ts), generator=gen, dtype=torch.uint8)
+        for name, dtype, (off, count) in ((n, dt, block_fields(spec)[n]) for n, _, dt, _ in spec.decode.param("fields")):
+            if dtype == "float16":
+                vals = (0.0005 + 0.001 * torch.rand(blocks.shape[0], generator=gen)).to(torch.float16)
+                blocks[:, off:off + count] = vals.view(torch.uint8).reshape(-1, 2)
+        return {"blocks": blocks.reshape(N, -1)}
+
     def dequantize(self, spec: FormatSpec, tensors: dict[str, torch.Tensor], N: int, K: int) -> torch.Tensor:
         blocks = tensors["blocks"].reshape(-1, spec.param("type_size"))
         return dequantize_blocks(spec, blocks).reshape(N, K)
