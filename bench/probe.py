@@ -1,0 +1,84 @@
+"""Config probe: time one format over a small grid of tile configs at real shapes (a kernel-design tool;
+`python -m autotune` is the real search). Same timing as everything else (CUDA-graph replay, L2 flushed).
+
+python -m bench.probe FORMAT [-o k=v ...] --shapes 4096,4096 8192,28672 --batches 1 16 128"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+
+import torch
+
+import ir
+from codegen.__main__ import _options, _shape
+from codegen.arch import arch_of_capability, default_config, kernel_family
+from ir import KernelConfig, SpecError
+from ir.synthetic import synthetic_quantized
+from runtime.kernels import get_kernel
+
+from .read_floor import read_floor_us
+from .timing import time_us
+
+
+def grid(M: int, K: int):
+    if kernel_family(M) == "gemv":
+        for bn, bk, sk, w, st in itertools.product((32, 64, 128), (128, 256, 512), (1, 2, 4, 8, 16), (4, 8), (2, 3)):
+            yield KernelConfig(block_m=max(1, min(4, M)), block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
+    else:
+        bm = 16 if M <= 16 else 64 if M <= 64 else 128
+        for bn, bk, sk, w, st in itertools.product((64, 128), (64, 128), (1, 2, 4), (4, 8), (3, 4)):
+            yield KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("format")
+    p.add_argument("-o", "--option", action="append")
+    p.add_argument("--shapes", nargs="+", type=_shape, default=[(4096, 4096)])
+    p.add_argument("--batches", nargs="+", type=int, default=[1])
+    p.add_argument("--top", type=int, default=5)
+    args = p.parse_args(argv)
+    spec = ir.get_format(args.format, **_options(args.option))
+    arch = arch_of_capability(*torch.cuda.get_device_capability())
+    for N, K in args.shapes:
+        qt = synthetic_quantized(spec, N, K)
+        t = {k: v.cuda() for k, v in qt.tensors.items()}
+        W = ir.dequantize(qt).cuda().half()
+        stored = sum(v.numel() * v.element_size() for v in t.values())
+        for M in args.batches:
+            x = torch.randn(M, K, device="cuda").half()
+            ref = x.float() @ W.float().T
+            out = torch.empty(M, N, device="cuda", dtype=torch.float16)
+            nbytes = stored + 2 * M * (N + K)
+            floor, _ = read_floor_us(nbytes)
+            fp16 = time_us(lambda: torch.nn.functional.linear(x, W))
+            dflt = default_config(spec, (M, N, K), arch)
+            res = []
+            for cfg in [dflt] + list(grid(M, K)):
+                try:
+                    mod = get_kernel(spec, M, N, K, arch, cfg)
+                    out.fill_(float("nan"))
+                    mod.run(x, t, N, out=out)
+                    err = ((out.float() - ref).norm() / ref.norm()).item()
+                    if not err < 5e-3:
+                        res.append((float("inf"), cfg.label, f"WRONG {err:.1e}"))
+                        continue
+                    res.append((time_us(lambda: mod.run(x, t, N, out=out), rep_ms=40), cfg.label, ""))
+                except (SpecError, Exception) as e:  # illegal or failing configs are reported, not fatal
+                    res.append((float("inf"), cfg.label, f"{type(e).__name__}: {str(e)[:80]}"))
+            res_sorted = sorted(res)
+            d = next(r for r in res if r[1] == dflt.label)
+            print(f"\n{spec.name} N={N} K={K} M={M}: {nbytes/1e6:.1f} MB, read floor {floor:.1f} us, fp16 cuBLAS {fp16:.1f} us, "
+                  f"default {dflt.label} {d[0]:.1f} us")
+            for us, label, note in res_sorted[: args.top]:
+                print(f"  {label:28s} {us:8.1f} us  {nbytes / us / 1e6:5.2f} TB/s  {floor / us:5.0%} of floor  "
+                      f"{fp16 / us:5.2f}x fp16 {note}")
+            bad = [r for r in res if r[2].startswith("WRONG")]
+            if bad:
+                print(f"  WRONG results: {[b[1] for b in bad][:5]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
