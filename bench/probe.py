@@ -23,11 +23,11 @@ from .timing import time_us
 
 def grid(M: int, K: int):
     if kernel_family(M) == "gemv":
-        for bn, bk, sk, w, st in itertools.product((32, 64, 128), (128, 256), (1, 4, 8), (4, 8), (2,)):
+        for bn, bk, sk, w, st in itertools.product((32, 64, 128), (64, 128), (2, 4, 8, 16), (4, 8), (2, 3)):
             yield KernelConfig(block_m=max(1, min(4, M)), block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
     else:
         bm = 16 if M <= 16 else 64 if M <= 64 else 128
-        for bn, bk, sk, w, st in itertools.product((64, 128), (64, 128), (1,), (4, 8), (3, 4)):
+        for bn, bk, sk, w, st in itertools.product((64, 128), (64, 128), (1, 2, 4), (4, 8), (3, 4)):
             yield KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
 
 

@@ -53,3 +53,14 @@ def test_kernel_rejects_bad_arguments(quantized, gen):
         mod.run(x, {}, N)
     with pytest.raises(ValueError, match="bias must have shape"):
         mod.run(x, qt.tensors, N, bias=torch.zeros(N + 1, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_gemv_small_k_tiles_and_odd_split(name, quantized, gen):
+    """block_k=32 (inside one scale group for every grouped format: the factorized gemv path) and split_k=3."""
+    qt, _, _ = quantized(name)
+    N, K = qt.shape
+    cfg = ir.KernelConfig(block_m=1, block_n=32, block_k=32, split_k=3, num_warps=4, num_stages=1)
+    mod = kernel_module(qt.spec, "gemv", 1, N, K, cfg)
+    err = check_kernel(mod, qt, 1, torch.float16, gen, bias=True, device=DEVICE)
+    assert err < REL_TOL[torch.float16], f"{name}: rel err {err:.2e}"
