@@ -58,19 +58,35 @@ def kernel_family(M: int) -> str:
     return "gemv" if M <= 4 else "gemm"
 
 
+def _fill_split(tiles: int, K: int, block_k: int, target: int) -> int:
+    """The smallest power-of-two split-K giving at least `target` programs, keeping >= 2 K-steps per split."""
+    split = 1
+    while tiles * split < target and K // (block_k * split * 2) >= 2:
+        split *= 2
+    return split
+
+
 def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | Arch) -> KernelConfig:
-    """A deterministic, legal config when the tuning database has no entry."""
+    """A deterministic, legal config when the tuning database has no entry.
+
+    Measured on the H100 (bench/results, gptq int4 g128): M=1 is best with 128-wide N tiles, 128-deep K
+    tiles (inside one scale group, so the gemv family factors the scale out) and split-K to ~4 programs
+    per SM; M=16 with 16x64x128 tl.dot tiles and split-K to ~2 programs per SM."""
     a = get_arch(arch) if isinstance(arch, str) else arch
     M, N, K = problem
+    group = spec.param("group_size", 0)
+    group = K if group == -1 else group
+    block_k = 128
+    if isinstance(group, int) and 32 <= group < block_k:
+        block_k = group  # keep a tile inside one scale group
     if kernel_family(M) == "gemv":
-        block_m = 1 if M == 1 else 4
-        block_n, block_k = 64, 128
-        # enough programs to fill the machine: split K when N alone gives too few tiles
-        tiles = -(-N // block_n)
-        split_k = 1
-        while tiles * split_k < 2 * a.sms and K // (block_k * split_k * 2) >= 2:
-            split_k *= 2
-        return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k, num_warps=4,
-                            num_stages=2)
-    block_m = 16 if M <= 16 else 32 if M <= 32 else 64
-    return KernelConfig(block_m=block_m, block_n=64, block_k=64, split_k=1, num_warps=4, num_stages=3)
+        block_n = 128
+        split = _fill_split(-(-N // block_n), K, block_k, 4 * a.sms)
+        return KernelConfig(block_m=1 if M == 1 else 4, block_n=block_n, block_k=block_k, split_k=split,
+                            num_warps=4, num_stages=3)
+    block_m = 16 if M <= 16 else 64 if M <= 64 else 128
+    block_n = 64
+    split = _fill_split(-(-N // block_n) * -(-M // block_m), K, block_k, 2 * a.sms)
+    warps, stages = (4, 3) if block_m <= 16 else (8, 4)
+    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split, num_warps=warps,
+                        num_stages=stages)

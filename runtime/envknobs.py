@@ -2,6 +2,7 @@
 
 QUANTCC_CACHE_DIR   where generated kernels are cached (default ~/.cache/quantcc)
 QUANTCC_DEBUG       1: log kernel names, template names and spec keys as kernels are built and loaded
+QUANTCC_FORCE_REFERENCE  1: QuantLinear uses the reference decode + matmul even on CUDA (debugging)
 """
 from __future__ import annotations
 
@@ -15,3 +16,9 @@ def cache_dir() -> Path:
 
 def debug() -> bool:
     return os.environ.get("QUANTCC_DEBUG", "0") == "1"
+
+
+def force_reference() -> bool:
+    """QUANTCC_FORCE_REFERENCE=1: QuantLinear runs the reference decode + matmul even where a generated
+    kernel exists (to tell a kernel bug from a model bug)."""
+    return os.environ.get("QUANTCC_FORCE_REFERENCE", "0") == "1"

@@ -167,6 +167,14 @@ class MatryoshkaCodec:
         codes, scales, zeros = quantize_parent(W, spec.param("group_size"), spec.param("sym"))
         return serve_from_parent(spec, codes, scales, zeros)
 
+    def synthetic(self, spec: FormatSpec, N: int, K: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Random words (every r-bit field is a valid slice code), scales in [0.005, 0.015]; zeros 128 when sym."""
+        from ..synthetic import random_by_role
+        out = random_by_role(spec, N, K, gen)
+        if spec.param("sym"):
+            out["zeros"] = torch.full_like(out["zeros"], 2 ** (PARENT_BITS - 1))
+        return out
+
     def dequantize(self, spec: FormatSpec, tensors: dict[str, torch.Tensor], N: int, K: int) -> torch.Tensor:
         r = spec.param("r")
         q_r = unpack_rows(tensors["qweight"], r, K, 32).t()

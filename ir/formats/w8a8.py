@@ -82,6 +82,12 @@ def quantize_activation(x: torch.Tensor, act_scale: torch.Tensor | float, kind: 
     return quantize_codes(x, torch.as_tensor(act_scale, dtype=torch.float32).reshape(-1)[0], kind)
 
 
+def random_fp8_codes(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Uniformly random finite e4m3fn codes (bit patterns 0x7F and 0xFF, the NaNs, are redrawn as +-0)."""
+    b = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)
+    return torch.where((b & 0x7F) == 0x7F, b & 0x80, b).view(torch.float8_e4m3fn)
+
+
 class W8A8Codec:
     """Per-channel absmax RTN. Without `act_absmax`, act_scale = 1.0 (a placeholder: pass the calibrated max |x|)."""
 
@@ -92,6 +98,16 @@ class W8A8Codec:
         act = torch.ones(1) if absmax is None else scale_from_absmax(torch.tensor([absmax]), kind)
         return {"weight": quantize_codes(W, scale[:, None], kind), "weight_scale": scale,
                 "act_scale": act.to(torch.float32)}
+
+    def synthetic(self, spec: FormatSpec, N: int, K: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Uniform int8 codes, or uniform finite e4m3 codes (random_by_role's small floats would all be
+        subnormal e4m3 codes); weight and activation scales in [0.005, 0.015]. Drawn in the code dtype (fast)."""
+        if spec.param("weight") == "fp8_e4m3":
+            weight = random_fp8_codes((N, K), gen)
+        else:
+            weight = torch.randint(INT8_MIN, INT8_MAX + 1, (N, K), generator=gen, dtype=torch.int8)
+        return {"weight": weight, "weight_scale": 0.005 + 0.01 * torch.rand(N, generator=gen),
+                "act_scale": 0.005 + 0.01 * torch.rand(1, generator=gen)}
 
     def dequantize(self, spec: FormatSpec, tensors: dict[str, torch.Tensor], N: int, K: int) -> torch.Tensor:
         return tensors["weight"].to(torch.float32) * tensors["weight_scale"][:, None]

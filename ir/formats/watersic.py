@@ -154,6 +154,16 @@ class WaterSICCodec:
             qweight = pack_cols(Z & (2 ** bits - 1), bits, 32)
         return {"qweight": qweight, "row_scale": row, "col_scale": col}
 
+    def synthetic(self, spec: FormatSpec, N: int, K: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Uniform code words (every field is a valid two's complement code), T in [0.5, 1.5] (clip factors
+        around 1) and positive steps alpha in [0.005, 0.015] (random_by_role would draw signed steps)."""
+        bits = spec.param("bits")
+        shape, _ = spec.tensor_schema(N, K)["qweight"]
+        lo, hi = (-2 ** 7, 2 ** 7) if bits == 8 else (-2 ** 31, 2 ** 31)
+        qweight = torch.randint(lo, hi, shape, generator=gen, dtype=torch.int8 if bits == 8 else torch.int32)
+        return {"qweight": qweight, "row_scale": 0.5 + torch.rand(N, generator=gen),
+                "col_scale": 0.005 + 0.01 * torch.rand(K, generator=gen)}
+
     def dequantize(self, spec: FormatSpec, tensors: dict[str, torch.Tensor], N: int, K: int) -> torch.Tensor:
         bits = spec.param("bits")
         q = tensors["qweight"]
