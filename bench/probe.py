@@ -27,8 +27,8 @@ def grid(M: int, K: int):
             yield KernelConfig(block_m=max(1, min(4, M)), block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
     else:
         bm = 16 if M <= 16 else 64 if M <= 64 else 128
-        for bn, bk, sk, w, st in itertools.product((64, 128), (64, 128), (1, 2, 4), (4, 8), (3, 4)):
-            yield KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st)
+        for bn, bk, sk, w, st, sw in itertools.product((64, 128), (128,), (1, 2, 4), (4, 8), (3, 4), (False, True)):
+            yield KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st, swap_ab=sw)
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ from .triton_backend import render_triton, template_for
 
 DEFAULT_SHAPES = ((4096, 4096),)
 DEFAULT_BATCHES = (1, 16, 128)
-BACKENDS = ("triton",)
+BACKENDS = ("triton", "tvm")
 
 
 def atomic_write(path: Path, data: str) -> None:
@@ -47,16 +47,39 @@ def plans_for(spec: FormatSpec, arch: str, shapes: Iterable[tuple[int, int]], ba
     return list(plans.values())
 
 
+def _kept_kernels(out: Path, spec: FormatSpec, arch: str, backend: str) -> list[dict]:
+    """Kernels of the other backends in the folder's manifest, when it is for the same spec and arch."""
+    path = out / "manifest.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    if old.get("spec_key") != spec.key or old.get("arch") != arch:
+        return []
+    return [k for k in old.get("kernels", []) if k.get("backend") != backend]
+
+
 def build(spec: FormatSpec, arch: str, out_dir: str | Path, backend: str = "triton",
           shapes: Iterable[tuple[int, int]] = DEFAULT_SHAPES, batches: Iterable[int] = DEFAULT_BATCHES,
           config: KernelConfig | None = None) -> dict:
-    """Write the artifact folder for one format and return the manifest."""
+    """Write the artifact folder for one format and return the manifest. A folder holds one format and arch;
+    building another backend into it keeps the kernels the other backends wrote there ("all" builds each)."""
+    shapes, batches = list(shapes), list(batches)
+    if backend == "all":
+        for b in BACKENDS:
+            manifest = build(spec, arch, out_dir, b, shapes, batches, config)
+        return manifest
     if backend not in BACKENDS:
-        raise SpecError(f"--backend {backend!r} is not available; built backends: {list(BACKENDS)} "
-                        f"(the TVM backend is tracked in its own issue)")
+        raise SpecError(f"--backend {backend!r} is not available; expected one of {list(BACKENDS) + ['all']}")
     out = Path(out_dir)
     kernels = []
-    for plan, cases in plans_for(spec, arch, list(shapes), list(batches), config):
+    planned = plans_for(spec, arch, shapes, batches, config)
+    # --- TVM backend (codegen/tvm_backend.py): TVMScript -> CUDA C -> cubin + launch metadata per plan ---
+    if backend == "tvm":
+        from .tvm_backend import build_all
+        kernels = build_all(spec, planned, out)
+        planned = []
+    # --- end TVM backend ---
+    for plan, cases in planned:
         src = render_triton(plan)
         atomic_write(out / f"{plan.name}.py", src)
         kernels.append({
@@ -67,7 +90,8 @@ def build(spec: FormatSpec, arch: str, out_dir: str | Path, backend: str = "trit
         })
     manifest = {
         "generator": f"quantcc {__version__}", "format": spec.name, "spec": json.loads(spec.to_json()),
-        "spec_key": spec.key, "arch": arch, "template_hash": template_hash(), "kernels": kernels,
+        "spec_key": spec.key, "arch": arch, "template_hash": template_hash(),
+        "kernels": _kept_kernels(out, spec, arch, backend) + kernels,
     }
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

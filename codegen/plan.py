@@ -123,6 +123,8 @@ def lower(spec: FormatSpec, M: int, N: int, K: int, config: KernelConfig, arch: 
     if family == "gemm" and (config.block_m < 16 or config.block_n < 16 or config.block_k < 16):
         raise SpecError(f"config {config.label}: the gemm family uses tl.dot, which needs block_m, block_n, "
                         f"block_k >= 16")
+    if config.swap_ab and (family != "gemm" or spec.act_quant is not None):
+        raise SpecError(f"config {config.label}: swap_ab applies to the gemm family of weight-only formats")
     if config.split_k > 1 and K < config.split_k * config.block_k:
         raise SpecError(f"config {config.label}: split_k={config.split_k} x block_k={config.block_k} exceeds K={K}")
     tr_in = tuple(t.to_dict() for t in spec.transforms if t.side == "input" and t.placement == "online")

@@ -385,8 +385,11 @@ class KernelConfig(_Keyed):
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    swap_ab: bool = False   # gemm family: compute y^T = W x^T so the decoded weights are the MMA's A operand
 
     def __post_init__(self):
+        if not isinstance(self.swap_ab, bool):
+            _fail("KernelConfig", "swap_ab", self.swap_ab, "True or False")
         for f in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages"):
             _pos_int("KernelConfig", f, getattr(self, f))
         for f in ("block_m", "block_n", "block_k", "num_warps"):
@@ -396,7 +399,8 @@ class KernelConfig(_Keyed):
 
     @property
     def label(self) -> str:
-        return f"m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}"
+        swap = "t" if self.swap_ab else ""
+        return f"m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}{swap}"
 
 
 __all__ = [

@@ -1,0 +1,405 @@
+"""TVM backend: render a KernelPlan as TVMScript, build it with TVM to CUDA C, compile that with nvcc to a
+cubin, and describe the launch (grid, block, shared memory, argument order and dtypes) for
+runtime/cubin.py, which runs the kernel with torch + cuda.core only (TVM is not on the GPU machine).
+
+The same TVMScript text is also built for `llvm` (tests): its thread loops become serial loops, so CI checks
+the very kernel text that becomes the cubin. What differs between the two targets is only what
+`TargetSyntax` renders: the block/thread loop kinds, the per-thread index of `local` buffers and the
+split-K atomic add.
+
+Schedule (per plan, `schedule(plan)`): KernelConfig's block_m/block_n/block_k/split_k/num_warps, and a
+per-format-family layout hint: the axis along which consecutive weight bytes lie (lanes go along it), and
+how many consecutive columns / ks one thread should decode (one int32 word for the packed-affine formats).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ir import SpecError
+
+from . import tvm_compat
+from .env import render, template_hash
+from .plan import KernelPlan
+
+ARCH_TARGETS = {"sm80": "sm_80", "sm86": "sm_86", "sm89": "sm_89", "sm90": "sm_90a"}
+X_DTYPES = (("float16", "f16"), ("bfloat16", "bf16"))
+ACC_MAX = 64            # fp32 accumulators per thread (registers) the schedule allows
+STATIC_SMEM_MAX = 48 * 1024
+RESERVED = {"x", "y", "bias", "acc", "red", "xs", "w", "W", "M", "N", "K", "has_bias"}
+LAUNCHER_FILE = "tvm_launcher.py"
+
+
+# -- which formats the backend covers, and how their bytes lie ----------------------------------------
+@dataclass(frozen=True, slots=True)
+class Layout:
+    fast: str     # "N" or "K": the axis along which consecutive weight words/bytes lie (lanes go along it)
+    vn: int       # preferred consecutive columns decoded by one thread
+    vk: int       # preferred consecutive ks decoded by one thread
+
+
+def _layout(plan: KernelPlan) -> Layout:
+    fam, bits = _family(plan), plan.decode["bits"]
+    if fam in ("gptq", "eqat"):
+        return Layout("N", 1, 32 if plan.packing["straddle"] else 32 // bits)  # one word (3-bit: three)
+    if fam == "awq":
+        return Layout("N", 32 // bits, 1)
+    return Layout("K", 1, 8)  # gguf, bnb: row-major bytes along K
+
+
+def _tensors(plan: KernelPlan) -> list[dict]:
+    """The canonical tensors the decode reads, in spec order (unused optional ones are not arguments)."""
+    fam, p = _family(plan), plan.params
+    skip = set()
+    if fam in ("gptq", "eqat") and not p.get("desc_act", False):
+        skip.add("g_idx")
+    out = [{"name": t.name, "dtype": t.dtype} for t in plan.tensors if t.name not in skip]
+    clash = sorted({t["name"] for t in out} & RESERVED)
+    if clash:
+        raise SpecError(f"format {plan.format!r}: tensor names {clash} clash with names the TVM templates use")
+    return out
+
+
+SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb")
+
+
+def _family(plan: KernelPlan) -> str:
+    return json.loads(plan.spec_json)["family"]
+
+
+def check_supported(plan: KernelPlan) -> None:
+    """Refuse, at build time, what this backend does not generate yet."""
+    fam = _family(plan)
+    if fam not in SUPPORTED:
+        raise SpecError(f"the TVM backend does not cover format {plan.format!r} (family {fam!r}, decode "
+                        f"{plan.decode['kind']!r}) yet; it covers the families {list(SUPPORTED)}. "
+                        f"Use --backend triton for this format.")
+    if plan.input_transforms or plan.output_transforms or plan.act_quant:
+        raise SpecError(f"the TVM backend has no online transforms or activation quantization yet "
+                        f"(format {plan.format!r}); use --backend triton")
+
+
+# -- schedule -----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    BM: int
+    BN: int
+    BK: int
+    SPLIT: int
+    THREADS: int
+    TN: int
+    TK: int
+    VN: int
+    VK: int
+    RN: int
+    RK: int
+    ACC_COLS: int
+    fast: str
+    tn_expr: str
+    tk_expr: str
+
+    @property
+    def label(self) -> str:
+        return (f"threads {self.THREADS} = TN {self.TN} x TK {self.TK} (lanes along {self.fast}), per thread "
+                f"{self.RN}x{self.VN} columns x {self.RK}x{self.VK} ks per K-slice, {self.BM} rows")
+
+
+def _pow2_down(v: int) -> list[int]:
+    """Powers of two from the largest <= v down to 1 (tiles must divide the power-of-two block sizes)."""
+    v = 1 << (v.bit_length() - 1)
+    out = []
+    while v >= 1:
+        out.append(v)
+        v //= 2
+    return out
+
+
+def schedule(plan: KernelPlan) -> Schedule:
+    """Thread layout for the plan's config; SpecError when the config cannot be tiled within the budget."""
+    c, lay = plan.config, _layout(plan)
+    threads = c.num_warps * 32
+    BM, BN, BK = c.block_m, c.block_n, c.block_k
+    for vn in _pow2_down(min(lay.vn, BN)):
+        for vk in _pow2_down(min(lay.vk, BK)):
+            tks = [tk for tk in _pow2_down(threads)
+                   if tk * vk <= BK and (threads // tk) * vn <= BN and BM * BN // (threads // tk) <= ACC_MAX]
+            if not tks:
+                continue
+            TK = max(tks) if lay.fast == "K" else min(tks)
+            TN = threads // TK
+            fast_n = lay.fast == "N"
+            return Schedule(
+                BM=BM, BN=BN, BK=BK, SPLIT=c.split_k, THREADS=threads, TN=TN, TK=TK, VN=vn, VK=vk,
+                RN=BN // (TN * vn), RK=BK // (TK * vk), ACC_COLS=BN // TN, fast=lay.fast,
+                tn_expr=f"tid % {TN}" if fast_n else f"tid // {TK}",
+                tk_expr=f"tid // {TN}" if fast_n else f"tid % {TK}")
+    raise SpecError(f"config {c.label} cannot be tiled by the TVM {plan.family} schedule: {threads} threads over a "
+                    f"{BN} x {BK} (N x K) slice with at most {ACC_MAX} fp32 accumulators per thread for {BM} rows "
+                    f"needs block_m * block_n <= {ACC_MAX} * min({threads}, block_n); lower block_m or raise block_n")
+
+
+# -- rendering ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TargetSyntax:
+    """What differs between the CUDA and the llvm rendering of the same kernel."""
+    kind: str
+
+    def block(self, extent, tag: str) -> str:
+        return f'T.thread_binding({extent}, thread="{tag}")' if self.kind == "cuda" else f"T.serial({extent})"
+
+    def thread(self, extent) -> str:
+        return self.block(extent, "threadIdx.x")
+
+    def unroll(self, extent) -> str:  # nvcc gets unrolled loops; the CPU build compiles faster without
+        return f"T.unroll({extent})" if self.kind == "cuda" else f"T.serial({extent})"
+
+    @property
+    def tid(self) -> str:  # per-thread index of `local` buffers: CUDA threads own their copy
+        return "" if self.kind == "cuda" else "tid, "
+
+    def tid_dims(self, threads: int) -> str:
+        return "" if self.kind == "cuda" else f"{threads}, "
+
+    def atomic_add(self, dst: str, value: str) -> str:
+        if self.kind == "cuda":
+            return f"T.cuda.atomic_add(T.address_of({dst}), {value})"
+        return f"{dst} = {dst} + {value}"  # serial on the CPU
+
+
+def template_for(plan: KernelPlan) -> str:
+    return f"tvm/{plan.family}.py.jinja"
+
+
+def decode_template_for(plan: KernelPlan) -> str:
+    return f"tvm/decode/{_family(plan)}.jinja"
+
+
+def symbol(plan: KernelPlan, dtype: str) -> str:
+    return f"{plan.name}_{dict(X_DTYPES)[dtype]}"
+
+
+def render_tvm(plan: KernelPlan, target: str = "cuda") -> str:
+    """The TVMScript file of a kernel plan: one prim_func per activation dtype."""
+    check_supported(plan)
+    name = template_for(plan)
+    src = render(name, plan=plan, sched=schedule(plan), tg=TargetSyntax(target), tensors=_tensors(plan),
+                 dtypes=[{"dtype": dt, "symbol": symbol(plan, dt)} for dt, _ in X_DTYPES],
+                 decode_template=decode_template_for(plan), template_name=name, template_hash=template_hash(),
+                 tvm_version=tvm_compat.TVM_PIN)
+    return src
+
+
+def render_dequant(plan: KernelPlan, target: str = "llvm") -> str:
+    """A decode-only kernel W[n, k] = decode(n, k) (float32), for testing the decode macros."""
+    check_supported(plan)
+    name = "tvm/dequant.py.jinja"
+    return render(name, plan=plan, tg=TargetSyntax(target), tensors=_tensors(plan), symbol=f"{plan.name}_dequant",
+                  decode_template=decode_template_for(plan), template_name=name, tvm_version=tvm_compat.TVM_PIN)
+
+
+def module_text(src: str) -> str:
+    """The parseable part of a rendered file (TVMScript's parser takes the module class, not the imports)."""
+    i = src.index("@I.ir_module")
+    return src[i:]
+
+
+# -- CPU build (tests) ----------------------------------------------------------------------------------
+def _flat(t):
+    return t.reshape(-1)
+
+
+class CpuKernel:
+    """A plan built for llvm with the same calling convention as the cubin launcher (tests only)."""
+
+    def __init__(self, plan: KernelPlan):
+        self.plan, self.sched = plan, schedule(plan)
+        self.tensors = [t["name"] for t in _tensors(plan)]
+        self.lib = tvm_compat.compile_llvm(module_text(render_tvm(plan, "llvm")), plan.name)
+
+    def run(self, x, tensors: dict, N: int, bias=None, out=None):
+        import torch
+        K = x.shape[-1]
+        x2 = x.reshape(-1, K).contiguous()
+        M = x2.shape[0]
+        split = self.sched.SPLIT > 1
+        y = torch.zeros((M, N), dtype=torch.float32) if split else (
+            out.view(M, N) if out is not None else torch.empty((M, N), dtype=x.dtype))
+        b = bias if bias is not None else torch.zeros(N, dtype=x.dtype)
+        args = [x2, y, b] + [_flat(tensors[n]) for n in self.tensors] + [int(bias is not None)]
+        tvm_compat.call(self.lib, symbol(self.plan, str(x.dtype).removeprefix("torch.")), *args)
+        y = y.reshape(*x.shape[:-1], N)
+        if out is not None:
+            if y.data_ptr() != out.data_ptr():
+                out.copy_(y)
+            return out
+        return y.to(x.dtype)
+
+
+def dequant_cpu(plan: KernelPlan, tensors: dict, N: int, K: int):
+    """W (N, K) float32 decoded by the TVM decode macro of the plan's format, built for llvm."""
+    import torch
+    lib = tvm_compat.compile_llvm(module_text(render_dequant(plan, "llvm")), f"{plan.name}_dequant")
+    W = torch.full((N, K), float("nan"), dtype=torch.float32)
+    tvm_compat.call(lib, f"{plan.name}_dequant", W, *[_flat(tensors[t["name"]]) for t in _tensors(plan)])
+    return W
+
+
+# -- CUDA build: TVM -> CUDA C -> nvcc -> cubin, plus launch metadata ------------------------------------
+_KERNEL_RE = re.compile(r'extern "C" __global__ void __launch_bounds__\((\d+)\) (\w+)\(([^)]*)\)\s*\{')
+_PTXAS_FN = re.compile(r"Function properties for (\w+)")
+_PTXAS_USED = re.compile(r"Used (\d+) registers.*?(\d+) bytes smem")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def nvcc_path() -> str:
+    path = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else "")
+    if not path:
+        raise SpecError("nvcc not found on PATH (nor /usr/local/cuda/bin/nvcc): the TVM backend compiles TVM's CUDA C "
+                        "to a cubin with nvcc on the build machine. Install the CUDA toolkit (12.x or 13.x) and put "
+                        "nvcc on PATH, or build with --backend triton.")
+    return path
+
+
+def kernel_signatures(cuda_src: str) -> dict[str, dict]:
+    """{kernel symbol: {"threads", "params": [{"name", "kind", "ctype"}]}} from TVM's CUDA C."""
+    out = {}
+    for threads, name, params in _KERNEL_RE.findall(cuda_src):
+        plist = []
+        for p in (q.strip() for q in params.split(",") if q.strip()):
+            ctype, pname = p.rsplit(" ", 1)
+            if "*" in ctype:
+                if not pname.endswith("_ptr"):
+                    raise SpecError(f"unexpected pointer parameter {p!r} in TVM's kernel {name}")
+                plist.append({"name": pname[:-4], "kind": "pointer", "ctype": ctype.replace("__restrict__", "").strip()})
+            elif ctype == "int":
+                plist.append({"name": pname, "kind": "int32", "ctype": ctype})
+            else:
+                raise SpecError(f"unexpected parameter {p!r} in TVM's kernel {name}; the launcher passes pointers "
+                                f"and int32 scalars only")
+        out[name] = {"threads": int(threads), "params": plist}
+    return out
+
+
+def _ptxas_info(log: str) -> dict[str, dict]:
+    info, cur = {}, None
+    for line in log.splitlines():
+        m = _PTXAS_FN.search(line)
+        if m:
+            cur = m.group(1)
+            info[cur] = {}
+            continue
+        if cur is None:
+            continue
+        m = _PTXAS_SPILL.search(line)
+        if m:
+            info[cur]["spill_bytes"] = int(m.group(1)) + int(m.group(2))
+        m = _PTXAS_USED.search(line)
+        if m:
+            info[cur].update(registers=int(m.group(1)), static_shared_bytes=int(m.group(2)))
+    return info
+
+
+def nvcc_cubin(cu_path: Path, cubin_path: Path, arch: str) -> dict[str, dict]:
+    """Compile a .cu to a cubin for the arch (deterministic: fixed flags, relative file name); returns ptxas'
+    per-kernel registers / static shared memory / spills."""
+    sm = ARCH_TARGETS[arch].removeprefix("sm_")
+    fd, tmp = tempfile.mkstemp(prefix=f".{cubin_path.name}.", dir=cubin_path.parent)
+    os.close(fd)
+    cmd = [nvcc_path(), "-cubin", "-O3", "-std=c++17", f"-gencode=arch=compute_{sm},code=sm_{sm}",
+           "-Xptxas", "-v", "-o", tmp, cu_path.name]
+    try:
+        r = subprocess.run(cmd, cwd=cu_path.parent, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SpecError(f"nvcc failed on {cu_path.name} ({' '.join(cmd[1:])}):\n{r.stderr.strip()[-3000:]}")
+        os.replace(tmp, cubin_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return _ptxas_info(r.stderr + r.stdout)
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def launch_metadata(plan: KernelPlan, cuda_src: str, ptxas: dict[str, dict]) -> dict:
+    """Everything runtime/cubin.py needs to check arguments and launch, as plain JSON data."""
+    s = schedule(plan)
+    sigs = kernel_signatures(cuda_src)
+    symbols, params = {}, None
+    for dt, _ in X_DTYPES:
+        want = symbol(plan, dt) + "_kernel"
+        if want not in sigs:
+            raise SpecError(f"TVM's CUDA source for {plan.name} has no kernel {want}; found {sorted(sigs)}")
+        sig = sigs[want]
+        if sig["threads"] != s.THREADS:
+            raise SpecError(f"{want}: TVM launch bounds {sig['threads']} != the schedule's {s.THREADS} threads")
+        names = [(p["name"], p["kind"]) for p in sig["params"]]
+        if params is not None and names != [(p["name"], p["kind"]) for p in params]:
+            raise SpecError(f"{plan.name}: the float16 and bfloat16 kernels take different arguments")
+        params = params or sig["params"]
+        symbols[dt] = want
+    known = {"x", "y", "bias", "M", "N", "K", "has_bias"} | {t["name"] for t in _tensors(plan)}
+    unknown = [p["name"] for p in params if p["name"] not in known]
+    if unknown:
+        raise SpecError(f"{plan.name}: TVM's kernel takes arguments {unknown} the launcher cannot supply")
+    resources = {}
+    for dt, sym in symbols.items():
+        r = ptxas.get(sym, {})
+        if r.get("static_shared_bytes", 0) > STATIC_SMEM_MAX:
+            raise SpecError(f"{sym}: {r['static_shared_bytes']} bytes of static shared memory exceed {STATIC_SMEM_MAX}")
+        resources[dt] = r
+    return {
+        "symbols": symbols,
+        "params": params,
+        "grid": [f"(N + {s.BN - 1}) // {s.BN}", str(s.SPLIT), f"(M + {s.BM - 1}) // {s.BM}"],
+        "block": [s.THREADS, 1, 1],
+        "dynamic_shared_bytes": 0,
+        "resources": resources,
+        "y_dtype": "float32" if s.SPLIT > 1 else "x",
+        "zero_init_y": s.SPLIT > 1,
+        "x_dtypes": [dt for dt, _ in X_DTYPES],
+        "schedule": asdict(s),
+        "tensor_schema": {t.name: {"shape": list(plan.schema_exprs[t.name][0]), "dtype": t.dtype,
+                                   "optional": t.optional} for t in plan.tensors},
+        "shape_params": plan.spec_params,
+        "k_multiple": json.loads(plan.spec_json)["k_multiple"],
+        "n_multiple": json.loads(plan.spec_json)["n_multiple"],
+    }
+
+
+def build_kernel(plan: KernelPlan, out: Path) -> dict:
+    """Write <name>.tvm.py (TVMScript), <name>.cu (TVM's CUDA C) and <name>.cubin; return the manifest entry."""
+    check_supported(plan)
+    nvcc_path()  # fail before the (slow) TVM build when nvcc is missing
+    out.mkdir(parents=True, exist_ok=True)
+    script = render_tvm(plan, "cuda")
+    cuda_src = tvm_compat.compile_cuda(module_text(script), plan.name, ARCH_TARGETS[plan.arch])
+    files = {"tvmscript": f"{plan.name}.tvm.py", "cuda": f"{plan.name}.cu", "cubin": f"{plan.name}.cubin"}
+    _atomic_write(out / files["tvmscript"], script)
+    _atomic_write(out / files["cuda"], cuda_src)
+    ptxas = nvcc_cubin(out / files["cuda"], out / files["cubin"], plan.arch)
+    _atomic_write(out / LAUNCHER_FILE, launcher_source())
+    return {"files": files, "launch": launch_metadata(plan, cuda_src, ptxas), "launcher": LAUNCHER_FILE,
+            "template": template_for(plan), "decode_template": decode_template_for(plan),
+            "tvm": tvm_compat.version()}
+
+
+def launcher_source() -> str:
+    """The standalone launcher shipped in every artifact folder: runtime/cubin.py verbatim (torch + cuda.core)."""
+    src = (Path(__file__).resolve().parent.parent / "runtime" / "cubin.py").read_text()
+    return "# Copied from quantcc runtime/cubin.py by the TVM backend; it imports only torch and cuda.core.\n" + src
