@@ -17,6 +17,8 @@ x.to(tl.float8e4nv) is wrong there. tl.dot on exact fp8 operands and fp8 loads a
 therefore feeds activations whose x / act_scale are already e4m3 values (conversion exact); the test with
 ordinary activations needs a GPU.
 """
+import dataclasses
+
 import pytest
 import torch
 
@@ -65,12 +67,12 @@ def ref_forward(qt, x: torch.Tensor) -> torch.Tensor:
 
 
 def check(qt, M: int, dtype: torch.dtype, gen: torch.Generator, x: torch.Tensor | None = None,
-          bias: bool = False) -> float:
+          bias: bool = False, swap_ab: bool = False) -> float:
     """Generate, run on a NaN-prefilled `out`, return ||y - ref|| / ||ref||."""
     spec = qt.spec
     N, K = qt.shape
     _, _, gemv, gemm = small_problem(spec)
-    family, cfg = ("gemv", gemv) if M <= 4 else ("gemm", gemm)
+    family, cfg = ("gemv", gemv) if M <= 4 else ("gemm", dataclasses.replace(gemm, swap_ab=swap_ab))
     mod = kernel_module(spec, family, M, N, K, cfg)
     if x is None:
         x = torch.randn(M, K, generator=gen) * 0.5
@@ -99,6 +101,15 @@ def test_kernel_variants(name, opts, calib, gen):
         for dtype in DTYPES:
             err = check(qt, M, dtype, gen, bias=(M == 3))
             assert err < REL_TOL[dtype], f"{qt.spec.name} {opts} M={M} {dtype}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("name,opts", [("matryoshka", dict(r=3)), ("watersic", dict(bits=3))])
+def test_gemm_swap_ab(name, opts, gen):
+    """The weight-only formats also run with the decoded tile as the MMA's A operand."""
+    qt = _quantized(name, opts, {}, gen)
+    for dtype in DTYPES:
+        err = check(qt, 33, dtype, gen, bias=True, swap_ab=True)
+        assert err < REL_TOL[dtype], f"{name} {opts} swap_ab {dtype}: rel err {err:.2e}"
 
 
 def test_act_quant_is_not_degenerate(gen):
