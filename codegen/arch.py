@@ -71,7 +71,8 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
 
     Measured on the H100 (bench/results, gptq int4 g128): M=1 is best with 128-wide N tiles, 128-deep K
     tiles (inside one scale group, so the gemv family factors the scale out) and split-K to ~4 programs
-    per SM; M=16 with 16x64x128 tl.dot tiles and split-K to ~2 programs per SM."""
+    per SM; M=16 with 16x64x128 tl.dot tiles and split-K to ~2 programs per SM; M=128 with the weights as
+    the MMA's A operand (swap_ab), 4 warps and split-K 2."""
     a = get_arch(arch) if isinstance(arch, str) else arch
     M, N, K = problem
     group = spec.param("group_size", 0)
@@ -86,7 +87,8 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
                             num_warps=4, num_stages=3)
     block_m = 16 if M <= 16 else 64 if M <= 64 else 128
     block_n = 64
-    split = _fill_split(-(-N // block_n) * -(-M // block_m), K, block_k, 2 * a.sms)
-    warps, stages = (4, 3) if block_m <= 16 else (8, 4)
-    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split, num_warps=warps,
-                        num_stages=stages)
+    target = 2 * a.sms if block_m <= 16 else a.sms
+    split = _fill_split(-(-N // block_n) * -(-M // block_m), K, block_k, target)
+    swap = block_m > 16 and spec.act_quant is None
+    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split, num_warps=4,
+                        num_stages=3, swap_ab=swap)

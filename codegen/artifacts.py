@@ -91,7 +91,7 @@ def build(spec: FormatSpec, arch: str, out_dir: str | Path, backend: str = "trit
     manifest = {
         "generator": f"quantcc {__version__}", "format": spec.name, "spec": json.loads(spec.to_json()),
         "spec_key": spec.key, "arch": arch, "template_hash": template_hash(),
-        "kernels": _kept_kernels(out, spec, arch, backend) + kernels,
+        "kernels": sorted(_kept_kernels(out, spec, arch, backend) + kernels, key=lambda k: BACKENDS.index(k["backend"])),
     }
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

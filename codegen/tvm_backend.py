@@ -22,11 +22,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ir import SpecError
+from ir import FormatSpec, KernelConfig, SpecError
 
 from . import tvm_compat
 from .env import render, template_hash
-from .plan import KernelPlan
+from .plan import KernelPlan, lower
 
 ARCH_TARGETS = {"sm80": "sm_80", "sm86": "sm_86", "sm89": "sm_89", "sm90": "sm_90a"}
 X_DTYPES = (("float16", "f16"), ("bfloat16", "bf16"))
@@ -120,9 +120,9 @@ def _pow2_down(v: int) -> list[int]:
     return out
 
 
-def schedule(plan: KernelPlan) -> Schedule:
-    """Thread layout for the plan's config; SpecError when the config cannot be tiled within the budget."""
-    c, lay = plan.config, _layout(plan)
+def schedule(plan: KernelPlan, config: KernelConfig | None = None) -> Schedule:
+    """Thread layout for the plan's config (or `config`); SpecError when it cannot be tiled within the budget."""
+    c, lay = config or plan.config, _layout(plan)
     threads = c.num_warps * 32
     BM, BN, BK = c.block_m, c.block_n, c.block_k
     for vn in _pow2_down(min(lay.vn, BN)):
@@ -142,6 +142,25 @@ def schedule(plan: KernelPlan) -> Schedule:
     raise SpecError(f"config {c.label} cannot be tiled by the TVM {plan.family} schedule: {threads} threads over a "
                     f"{BN} x {BK} (N x K) slice with at most {ACC_MAX} fp32 accumulators per thread for {BM} rows "
                     f"needs block_m * block_n <= {ACC_MAX} * min({threads}, block_n); lower block_m or raise block_n")
+
+
+def fit_config(plan: KernelPlan) -> KernelConfig:
+    """The plan's config if the schedule can tile it, else the same config with block_m halved until it fits
+    (the shared defaults are tuned for Triton's tl.dot, whose tiles the SIMT schedule cannot hold)."""
+    c = plan.config
+    while True:
+        try:
+            schedule(plan, c)
+            return c
+        except SpecError:
+            if c.block_m == 1:
+                raise
+            c = KernelConfig(**{**c.to_dict(), "block_m": c.block_m // 2})
+
+
+def _relower(plan: KernelPlan, config: KernelConfig, case: dict) -> KernelPlan:
+    spec = FormatSpec.from_json(plan.spec_json)
+    return lower(spec, case["M"], case["N"], case["K"], config, plan.arch, family=plan.family)
 
 
 # -- rendering ----------------------------------------------------------------------------------------
@@ -380,6 +399,27 @@ def launch_metadata(plan: KernelPlan, cuda_src: str, ptxas: dict[str, dict]) -> 
         "k_multiple": json.loads(plan.spec_json)["k_multiple"],
         "n_multiple": json.loads(plan.spec_json)["n_multiple"],
     }
+
+
+def build_all(spec: FormatSpec, planned: list[tuple[KernelPlan, list[dict]]], out: Path) -> list[dict]:
+    """Build every (plan, cases) of artifacts.plans_for for the TVM backend; returns manifest entries.
+    Configs the SIMT schedule cannot tile are fitted first (fit_config), so the kernel name tells the truth."""
+    fitted: dict[str, tuple[KernelPlan, list[dict]]] = {}
+    for plan, cases in planned:
+        check_supported(plan)
+        cfg = fit_config(plan)
+        p = plan if cfg == plan.config else _relower(plan, cfg, cases[0])
+        fitted.setdefault(p.name, (p, []))[1].extend(cases)
+    entries = []
+    for plan, cases in fitted.values():
+        entry = build_kernel(plan, out)
+        entries.append({
+            "name": plan.name, "file": entry["files"]["cubin"], "backend": "tvm", "family": plan.family,
+            "config": plan.config.to_dict(), "config_key": plan.config.key,
+            "entry_point": f"{LAUNCHER_FILE[:-3]}.load(folder, {plan.name!r})(x, tensors, N, bias=None, out=None)",
+            "tensors": list(plan.tensor_names), "cases": cases, **entry,
+        })
+    return entries
 
 
 def build_kernel(plan: KernelPlan, out: Path) -> dict:
