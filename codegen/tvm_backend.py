@@ -175,8 +175,11 @@ class TargetSyntax:
     def thread(self, extent) -> str:
         return self.block(extent, "threadIdx.x")
 
-    def unroll(self, extent) -> str:  # nvcc gets unrolled loops; the CPU build compiles faster without
-        return f"T.unroll({extent})" if self.kind == "cuda" else f"T.serial({extent})"
+    def unroll(self, extent) -> str:
+        """CUDA: `#pragma unroll` for nvcc (TVM's own unrolling bloats the source); llvm: a plain loop."""
+        if self.kind == "cuda":
+            return f'T.unroll({extent}, annotations={{"pragma_unroll_explicit": 0}})'
+        return f"T.serial({extent})"
 
     @property
     def tid(self) -> str:  # per-thread index of `local` buffers: CUDA threads own their copy

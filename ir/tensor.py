@@ -79,13 +79,28 @@ def quantize(spec: FormatSpec, W: torch.Tensor, **calib: Any) -> QuantizedTensor
     return QuantizedTensor(spec, tuple(W.shape), tensors)
 
 
-def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The reference decoder: W (N, K), computed as the format's origin computes it."""
+def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32, device: Any = None) -> torch.Tensor:
+    """The reference decoder: W (N, K), computed as the format's origin computes it.
+
+    By default it runs on the CPU. With `device` (e.g. "cuda") the same torch code runs there, which is
+    much faster at real shapes; a codec that builds CPU-only helper tensors internally falls back to the
+    CPU (same values, just slower)."""
     if not isinstance(qt, QuantizedTensor):
         raise SpecError(f"dequantize: expected a QuantizedTensor, got {type(qt).__name__}")
     N, K = qt.shape
+    codec = get_codec(qt.spec)
+    if device is not None and torch.device(device).type != "cpu":
+        moved = {k: v.detach().to(device) for k, v in qt.tensors.items()}
+        try:
+            W = codec.dequantize(qt.spec, moved, N, K)
+            if W.device.type == torch.device(device).type and tuple(W.shape) == (N, K):
+                return W.to(dtype)
+        except (RuntimeError, TypeError, IndexError):
+            pass  # a CPU-only codec: decode on the CPU below
     cpu = {k: v.detach().cpu() for k, v in qt.tensors.items()}
-    W = get_codec(qt.spec).dequantize(qt.spec, cpu, N, K)
+    W = codec.dequantize(qt.spec, cpu, N, K)
+    if device is not None:
+        W = W.to(device)
     if tuple(W.shape) != (N, K):  # pragma: no cover - a codec bug
         raise AssertionError(f"{qt.spec.name} decoder returned shape {tuple(W.shape)}, expected {(N, K)}")
     return W.to(dtype)
