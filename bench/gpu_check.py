@@ -50,7 +50,7 @@ def main(argv=None) -> int:
                 continue
             t0 = time.time()
             qt = synthetic_quantized(spec, N, K, seed=N + K)
-            W = ir.dequantize(qt).to(dev, torch.float64)
+            W = ir.dequantize(qt, device=dev).to(torch.float64)
             tensors = {k: v.to(dev) for k, v in qt.tensors.items()}
             prep_s = time.time() - t0
             stored = sum(v.numel() * v.element_size() for v in tensors.values())

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     for N, K in args.shapes:
         qt = synthetic_quantized(spec, N, K)
         t = {k: v.cuda() for k, v in qt.tensors.items()}
-        W = ir.dequantize(qt).cuda().half()
+        W = ir.dequantize(qt, device="cuda").half()
         stored = sum(v.numel() * v.element_size() for v in t.values())
         for M in args.batches:
             x = torch.randn(M, K, device="cuda").half()
