@@ -75,7 +75,7 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
     the MMA's A operand (swap_ab), 4 warps and split-K 2."""
     a = get_arch(arch) if isinstance(arch, str) else arch
     M, N, K = problem
-    group = spec.param("group_size", 0)
+    group = spec.param("group_size", spec.param("blocksize", 0))  # the scale group along K
     group = K if group == -1 else group
     block_k = 128
     if isinstance(group, int) and 32 <= group < block_k:
