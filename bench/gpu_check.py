@@ -17,6 +17,7 @@ import torch
 
 import ir
 from codegen.arch import arch_of_capability, default_config, kernel_family
+from ir.reference import reference_matmul
 from ir.synthetic import synthetic_quantized
 from runtime.kernels import get_kernel
 
@@ -63,11 +64,7 @@ def main(argv=None) -> int:
                     out = torch.full((M, N), float("nan"), device=dev, dtype=torch.float16)
                     mod.run(x, tensors, N, out=out)
                     torch.cuda.synchronize()
-                    xr = x.double()
-                    if spec.act_quant is not None:
-                        from ir.actquant import quantize_activation_ref
-                        xr = quantize_activation_ref(spec, {k: v.cpu() for k, v in qt.tensors.items()}, x.cpu().double()).to(dev)
-                    ref = xr @ W.T
+                    ref = reference_matmul(qt, x, W)
                     err = ((out.double() - ref).norm() / ref.norm()).item()
                     row.update(family=kernel_family(M), config=cfg.label, rel_err=err,
                                nan=bool(torch.isnan(out).any()))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-import ir
 from codegen.plan import lower
 from codegen.triton_backend import render_triton
 from ir import KernelConfig
+from ir.reference import reference_matmul
 from runtime.loader import load_kernel_module
 
 _TMP = Path(tempfile.mkdtemp(prefix="quantcc_test_kernels_"))
@@ -47,13 +47,11 @@ def kernel_module(spec, family: str, M: int, N: int, K: int, config: KernelConfi
 
 def check_kernel(module, qt, M: int, dtype: torch.dtype, gen: torch.Generator, bias: bool = False,
                  device: str = "cpu") -> float:
-    """Run the kernel on NaN-prefilled output and return ||y - ref|| / ||ref||."""
+    """Run the kernel on NaN-prefilled output and return ||y - ref|| / ||ref|| (ref: ir.reference)."""
     N, K = qt.shape
     x = (torch.randn(M, K, generator=gen) * 0.5).to(dtype)
     b = (torch.randn(N, generator=gen) * 0.1).to(dtype) if bias else None
-    W = ir.dequantize(qt).to(torch.float64)
-    xin = x.to(torch.float64)
-    ref = ref_forward(qt, xin, W) + (b.to(torch.float64) if bias else 0.0)
+    ref = reference_matmul(qt, x) + (b.to(torch.float64) if bias else 0.0)
     out = torch.full((M, N), float("nan"), dtype=dtype, device=device)
     tensors = {k: v.to(device) for k, v in qt.tensors.items()}
     y = module.run(x.to(device), tensors, N, bias=b.to(device) if bias else None, out=out)
@@ -61,12 +59,3 @@ def check_kernel(module, qt, M: int, dtype: torch.dtype, gen: torch.Generator, b
     y = y.cpu().to(torch.float64)
     assert not torch.isnan(y).any(), "kernel left unwritten (NaN) outputs"
     return ((y - ref).norm() / ref.norm().clamp_min(1e-12)).item()
-
-
-def ref_forward(qt, x64: torch.Tensor, W64: torch.Tensor) -> torch.Tensor:
-    """x @ W^T, with the format's static activation quantization applied to x first when it has one."""
-    spec = qt.spec
-    if spec.act_quant is not None:
-        from ir.actquant import quantize_activation_ref
-        x64 = quantize_activation_ref(spec, qt.tensors, x64)
-    return x64 @ W64.T

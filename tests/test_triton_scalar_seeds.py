@@ -6,8 +6,7 @@ Reference semantics, y = T_out(T_in(x) @ C^T) with the spec's online transforms:
   watersic's col_scale is an online input transform, so its core tile is row_scale * Z).
 - activation quantization (prefixquant_w4a4, w8a8_static): y = quant(T_in(x)) @ C^T, C = ir.dequantize (for
   prefixquant with online_hadamard, C is the weight in the rotated basis, as ir.formats.prefixquant documents).
-  tests/kernel_harness.py's ref_forward quantizes x itself, which is only right without input transforms, so
-  `ref_forward` below applies them first. The entry point computes the Hadamard in fp32 and rounds the result
+  ir.reference.reference_matmul applies the input transforms before quantizing. The entry point computes the Hadamard in fp32 and rounds the result
   to x's dtype before the prologue quantizes it (PrefixQuant's fast_hadamard_transform also returns x's dtype),
   so the reference rounds the same way.
 
@@ -18,6 +17,8 @@ therefore feeds activations whose x / act_scale are already e4m3 values (convers
 ordinary activations needs a GPU.
 """
 import dataclasses
+
+from ir.reference import reference_matmul
 
 import pytest
 import torch
@@ -53,17 +54,8 @@ VARIANT_IDS = [f"{n}-" + "-".join(f"{k}{v}" for k, v in o.items()) for n, o, _ i
 
 
 def ref_forward(qt, x: torch.Tensor) -> torch.Tensor:
-    """The kernel's math in float64 (see the module docstring); x in the activation dtype."""
-    spec = qt.spec
-    C = ir.dequantize(qt).to(torch.float64)
-    if spec.act_quant is None:
-        return x.to(torch.float64) @ C.T
-    xt = x
-    for tr in spec.transforms:
-        if tr.placement != "online" or tr.side != "input" or tr.kind != "hadamard":
-            raise AssertionError(f"{spec.name}: reference does not model the {tr.side} {tr.kind} transform")
-        xt = block_hadamard(xt.float(), tr.size, tr.normalized).to(x.dtype)
-    return quantize_activation_ref(spec, qt.tensors, xt.to(torch.float64)) @ C.T
+    """The kernel's math in float64 (see the module docstring): ir.reference.reference_matmul."""
+    return reference_matmul(qt, x)
 
 
 def check(qt, M: int, dtype: torch.dtype, gen: torch.Generator, x: torch.Tensor | None = None,
