@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
 
@@ -49,11 +48,9 @@ def main(argv=None) -> int:
             except ir.SpecError as e:
                 rows.append({"format": name, "N": N, "K": K, "skipped": str(e)})
                 continue
-            t0 = time.time()
             qt = synthetic_quantized(spec, N, K, seed=N + K)
             W = ir.dequantize(qt, device=dev).to(torch.float64)
             tensors = {k: v.to(dev) for k, v in qt.tensors.items()}
-            prep_s = time.time() - t0
             stored = sum(v.numel() * v.element_size() for v in tensors.values())
             for M in args.batches:
                 row = {"format": name, "N": N, "K": K, "M": M, "bits_per_weight": spec.bits_per_weight(N, K)}
@@ -77,7 +74,6 @@ def main(argv=None) -> int:
                     row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-            del W, tensors
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "arch": arch, "torch": torch.__version__,
