@@ -50,8 +50,8 @@ def test_kernels_match_reference(name, dtype):
         assert y.dtype == dtype and y.shape == (M, N)
         err = _rel(y, _ref(q, x))
         assert err < REL_TOL[dtype], f"{name} M={M} {dtype} ({d.kernel}, {d.source}): rel err {err:.2e}"
-    x3 = torch.randn(2, 5, K, device=DEV).to(dtype)   # leading dims
-    assert torch.allclose(q(x3), q(x3.reshape(10, K)).reshape(2, 5, N))
+    x3 = torch.randn(2, 5, K, device=DEV).to(dtype)   # leading dims (split-K atomics: not bit-reproducible)
+    assert _rel(q(x3), q(x3.reshape(10, K)).reshape(2, 5, N).double()) < REL_TOL[dtype]
 
 
 def test_torch_compile_fullgraph_inductor():
