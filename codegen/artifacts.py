@@ -10,7 +10,7 @@ from typing import Iterable
 from ir import FormatSpec, KernelConfig, SpecError
 
 from . import __version__
-from .arch import default_config, get_arch, kernel_family
+from .arch import default_config, get_arch
 from .env import template_hash
 from .plan import KernelPlan, lower
 from .triton_backend import render_triton, template_for

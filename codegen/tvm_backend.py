@@ -30,7 +30,7 @@ from .plan import KernelPlan, lower
 
 ARCH_TARGETS = {"sm80": "sm_80", "sm86": "sm_86", "sm89": "sm_89", "sm90": "sm_90a"}
 X_DTYPES = (("float16", "f16"), ("bfloat16", "bf16"))
-ACC_MAX = 64            # fp32 accumulators per thread (registers) the schedule allows
+ACC_MAX = 32            # fp32 accumulators per thread (registers) the schedule allows
 STATIC_SMEM_MAX = 48 * 1024
 RESERVED = {"x", "y", "bias", "acc", "red", "xs", "w", "W", "M", "N", "K", "has_bias"}
 LAUNCHER_FILE = "tvm_launcher.py"
@@ -279,8 +279,11 @@ _PTXAS_USED = re.compile(r"Used (\d+) registers.*?(\d+) bytes smem")
 _PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
+NVCC_FALLBACKS = ("/usr/local/cuda/bin/nvcc",)
+
+
 def nvcc_path() -> str:
-    path = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else "")
+    path = shutil.which("nvcc") or next((p for p in NVCC_FALLBACKS if os.path.exists(p)), "")
     if not path:
         raise SpecError("nvcc not found on PATH (nor /usr/local/cuda/bin/nvcc): the TVM backend compiles TVM's CUDA C "
                         "to a cubin with nvcc on the build machine. Install the CUDA toolkit (12.x or 13.x) and put "
@@ -334,11 +337,12 @@ def nvcc_cubin(cu_path: Path, cubin_path: Path, arch: str) -> dict[str, dict]:
     fd, tmp = tempfile.mkstemp(prefix=f".{cubin_path.name}.", dir=cubin_path.parent)
     os.close(fd)
     cmd = [nvcc_path(), "-cubin", "-O3", "-std=c++17", f"-gencode=arch=compute_{sm},code=sm_{sm}",
-           "-Xptxas", "-v", "-o", tmp, cu_path.name]
+           "-diag-suppress", "177", "-Xptxas", "-v", "-o", tmp, cu_path.name]
     try:
         r = subprocess.run(cmd, cwd=cu_path.parent, capture_output=True, text=True)
         if r.returncode != 0:
             raise SpecError(f"nvcc failed on {cu_path.name} ({' '.join(cmd[1:])}):\n{r.stderr.strip()[-3000:]}")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, cubin_path)
     finally:
         if os.path.exists(tmp):
@@ -351,6 +355,7 @@ def _atomic_write(path: Path, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -49,7 +49,7 @@ def test_render_is_deterministic_and_has_header():
     assert "do not edit" in head[0] and "format:   gguf_q4_0" in head[2] and "spec key:" in head[2]
     assert any("arch:     sm90" in h for h in head)
     imports = [line for line in a.splitlines() if line.startswith(("import ", "from "))]
-    assert sorted(imports) == ["import json", "import os", "import torch", "import triton",
+    assert sorted(imports) == ["import functools", "import json", "import os", "import torch", "import triton",
                                "import triton.language as tl"]
 
 
