@@ -1,0 +1,174 @@
+"""TVM backend: the TVMScript kernels of every covered format, built for `llvm` and run on the CPU, match
+x @ ir.dequantize(qt).T; the decode macros are bit-exact against the reference decoders; the CUDA build
+(TVM -> CUDA C, nvcc -> cubin) writes deterministic artifacts with launch metadata; the cubin launcher
+checks its arguments before launching.
+
+Shapes are small and legal per format, N and K not multiples of the tiles (tests/kernel_harness.py)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ir
+from codegen import tvm_compat
+from codegen.artifacts import build
+from codegen.plan import lower
+from ir import KernelConfig, SpecError
+from kernel_harness import REL_TOL, check_kernel, small_problem
+
+pytestmark = pytest.mark.skipif(bool(tvm_compat.unavailable_reason()),
+                                reason=f"TVM backend tests need TVM: {tvm_compat.unavailable_reason()}")
+
+from codegen import tvm_backend as tb  # noqa: E402  (after the skip marker: importing it needs no TVM)
+
+COVERED = [n for n in ir.list_formats() if ir.get_format(n).family in tb.SUPPORTED]
+# option variants the presets do not reach: act-order g_idx, per-channel 8-bit, v1 3-bit, plain bnb absmax
+VARIANTS = {
+    "gptq[desc_act]": ("gptq", {"desc_act": True}),
+    "gptq[b8,g-1]": ("gptq", {"bits": 8, "group_size": -1}),
+    "gptq[b3,v1]": ("gptq", {"bits": 3, "checkpoint": "v1"}),
+    "bnb_nf4[no_dq]": ("bnb_nf4", {"double_quant": False}),
+}
+CASES = {n: (n, {}) for n in COVERED} | VARIANTS
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    cache = {}
+
+    def get(case):
+        if case not in cache:
+            name, opts = CASES[case]
+            spec = ir.get_format(name, **opts)
+            N, K, gemv, gemm = small_problem(spec)
+            g = torch.Generator().manual_seed(1234)
+            calib = {"perm": torch.randperm(K, generator=g)} if opts.get("desc_act") else {}
+            cache[case] = (ir.quantize(spec, torch.randn(N, K, generator=g) * 0.05, **calib), gemv, gemm)
+        return cache[case]
+    return get
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_decode_macro_is_bit_exact(case, quantized):
+    qt, gemv, _ = quantized(case)
+    N, K = qt.shape
+    plan = lower(qt.spec, 1, N, K, gemv, "sm90", family="gemv")
+    W = tb.dequant_cpu(plan, qt.tensors, N, K)
+    assert torch.equal(W, ir.dequantize(qt)), f"{case}: max |diff| {(W - ir.dequantize(qt)).abs().max():.3g}"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernels_match_reference_on_llvm(case, quantized, gen):
+    qt, gemv, gemm = quantized(case)
+    N, K = qt.shape
+    for family, cfg, Ms in (("gemv", gemv, (1, 3)), ("gemm", gemm, (16, 33))):
+        kern = tb.CpuKernel(lower(qt.spec, Ms[0], N, K, cfg, "sm90", family=family))
+        for M in Ms:
+            for dtype in (torch.float16, torch.bfloat16):
+                err = check_kernel(kern, qt, M, dtype, gen, bias=M in (3, 33))
+                assert err < REL_TOL[dtype], f"{case} {family} M={M} {dtype}: rel err {err:.2e}"
+
+
+def test_schedule_layouts_and_refusals():
+    spec = ir.get_format("gptq")
+    plan = lower(spec, 1, 4096, 4096, KernelConfig(block_m=1, block_n=128, block_k=128, split_k=4), "sm90",
+                 family="gemv")
+    s = tb.schedule(plan)
+    assert (s.fast, s.TN * s.VN * s.RN, s.TK * s.VK * s.RK, s.THREADS) == ("N", 128, 128, 128)
+    gguf = lower(ir.get_format("gguf_q4_0"), 1, 4096, 4096, plan.config, "sm90", family="gemv")
+    assert tb.schedule(gguf).fast == "K" and tb.schedule(gguf).TK > 1
+    big = KernelConfig(block_m=128, block_n=16, block_k=64)
+    with pytest.raises(SpecError, match="cannot be tiled by the TVM gemm schedule"):
+        tb.schedule(lower(spec, 128, 4096, 4096, big, "sm90", family="gemm"))
+    assert tb.fit_config(lower(spec, 128, 4096, 4096, big, "sm90", family="gemm")).block_m == 32
+    with pytest.raises(SpecError, match="does not cover format 'vptq"):
+        tb.render_tvm(lower(ir.get_format("vptq"), 1, 256, 256, KernelConfig(), "sm90", family="gemv"))
+
+
+@pytest.mark.parametrize("name", ["gptq", "awq", "eqat_w3g128", "gguf_q4_k", "bnb_nf4"])
+def test_cuda_source_and_launch_metadata(name):
+    spec = ir.get_format(name)
+    N, K, gemv, _ = small_problem(spec)
+    plan = lower(spec, 1, N, K, gemv, "sm90", family="gemv")
+    script = tb.render_tvm(plan, "cuda")
+    assert script == tb.render_tvm(plan, "cuda"), "rendering must be deterministic"
+    assert 'thread="threadIdx.x"' in script and "T.serial" not in tb.module_text(script).split("range(k_iters)")[0]
+    cuda = tvm_compat.compile_cuda(tb.module_text(script), plan.name, "sm_90a")
+    meta = tb.launch_metadata(plan, cuda, {})
+    assert set(meta["symbols"]) == {"float16", "bfloat16"}
+    names = [p["name"] for p in meta["params"]]
+    assert {"x", "y", "bias", "has_bias"} <= set(names) and set(names) <= {"x", "y", "bias", "M", "N", "K", "has_bias",
+                                                                         *plan.tensor_names}
+    assert (gemv.split_k > 1) == ("atomic_add" in cuda) == meta["zero_init_y"]
+
+
+def _launcher_entry(tmp_path):
+    spec = ir.get_format("gguf_q4_0")
+    N, K, gemv, _ = small_problem(spec)
+    plan = lower(spec, 1, N, K, gemv, "sm90", family="gemv")
+    cuda = tvm_compat.compile_cuda(tb.module_text(tb.render_tvm(plan, "cuda")), plan.name, "sm_90a")
+    (tmp_path / "launcher_under_test.py").write_text(tb.launcher_source())
+    return {"name": plan.name, "files": {"cubin": "absent.cubin"}, "launch": tb.launch_metadata(plan, cuda, {})}, N, K
+
+
+def test_cubin_launcher_checks_arguments_before_launch(tmp_path, gen):
+    entry, N, K = _launcher_entry(tmp_path)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import launcher_under_test as lu
+    finally:
+        sys.path.remove(str(tmp_path))
+    kern = lu.CubinKernel(tmp_path, entry)
+    qt = ir.quantize(ir.get_format("gguf_q4_0"), torch.randn(N, K, generator=gen))
+    x = torch.randn(1, K, generator=gen).half()
+    with pytest.raises(TypeError, match="dtype"):
+        kern(x.float(), qt.tensors, N)
+    with pytest.raises(KeyError, match="missing tensor 'blocks'"):
+        kern(x, {}, N)
+    with pytest.raises(ValueError, match="tensor 'blocks' has shape"):
+        kern(x, {"blocks": qt.tensors["blocks"][:, :-1].contiguous()}, N)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        kern(x, {"blocks": qt.tensors["blocks"].t().contiguous().t()}, N)
+    with pytest.raises(ValueError, match="bias must be"):
+        kern(x, qt.tensors, N, bias=torch.zeros(N + 1, dtype=torch.float16))
+    with pytest.raises(ValueError, match="out must be"):
+        kern(x, qt.tensors, N, out=torch.empty(1, N, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="multiples of"):
+        kern(x[:, :-1], qt.tensors, N)
+    with pytest.raises(ValueError, match="CUDA device"):
+        kern(x, qt.tensors, N)
+
+
+def test_missing_nvcc_is_a_clear_build_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(tb.shutil, "which", lambda _: None)
+    monkeypatch.setattr(tb, "NVCC_FALLBACKS", ())
+    with pytest.raises(SpecError, match="nvcc not found"):
+        build(ir.get_format("gguf_q4_0"), "sm90", tmp_path, "tvm", shapes=[(64, 256)], batches=[1])
+
+
+@pytest.mark.skipif(not (tb.shutil.which("nvcc") or any(map(tb.os.path.exists, tb.NVCC_FALLBACKS))),
+                    reason="nvcc is not installed: the cubin build step needs the CUDA toolkit")
+def test_build_writes_deterministic_cubin_artifacts(tmp_path):
+    spec = ir.get_format("gguf_q4_0")
+    m1 = build(spec, "sm90", tmp_path / "a", "all", shapes=[(64, 256)], batches=[1])
+    build(spec, "sm90", tmp_path / "b", "all", shapes=[(64, 256)], batches=[1])
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f"{f} differs"
+    assert [k["backend"] for k in m1["kernels"]] == ["triton", "tvm"]
+    k = m1["kernels"][1]
+    assert {k["files"][f] for f in ("tvmscript", "cuda", "cubin")} <= set(files) and "tvm_launcher.py" in files
+    assert k["launch"]["block"] == [tb.schedule(lower(spec, 1, 64, 256, KernelConfig(**k["config"]), "sm90")).THREADS,
+                                    1, 1]
+    res = k["launch"]["resources"]["float16"]
+    assert res["registers"] > 0 and res["spill_bytes"] == 0
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text()) == m1
+    # the launcher is standalone: in a fresh isolated interpreter it imports nothing of quantcc
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path / 'a')!r}); import tvm_launcher; "
+            f"assert not {{'ir', 'codegen', 'runtime'}} & set(sys.modules), sorted(sys.modules); "
+            f"print(tvm_launcher.find({str(tmp_path / 'a')!r}, 1, 64, 256))")
+    r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == k["name"], r.stderr
