@@ -74,8 +74,9 @@ def test_bits_per_weight_at_4096():
     assert bpw["vptq_v8_k4096"] == pytest.approx(1.5 + (65536 + 3 * 8192) * 8 / 4096 ** 2)
     assert bpw["aqlm_1x16"] == pytest.approx(2 + 0.5 + 4096 * 16 / 4096 ** 2)
     assert bpw["aqlm_2x8"] == pytest.approx(2 + (2 * 256 * 8 * 16 + 4096 * 16) / 4096 ** 2)
-    assert bpw["higgs_p2_b4"] == pytest.approx(4 + 16 / 256)
-    assert bpw["higgs_p1_b3"] == pytest.approx(3 + 16 / 256)
+    # codes + fp16 scale per 256 + the stored fp16 grid (256 x 2 / 8 x 1 values)
+    assert bpw["higgs_p2_b4"] == pytest.approx(4 + 16 / 256 + 256 * 2 * 16 / 4096 ** 2)
+    assert bpw["higgs_p1_b3"] == pytest.approx(3 + 16 / 256 + 8 * 16 / 4096 ** 2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -478,13 +479,13 @@ def test_higgs_decode_matches_flute_tables(p, bits, gen):
     N, K = 6, 256
     codes = torch.randint(0, 2 ** (p * bits), (N, K // p), generator=gen)
     from ir.bitpack import pack_cols
-    t = {"codes": pack_cols(codes, p * bits, 32, straddle=bool(32 % (p * bits))),
-         "scales": (torch.rand(N, K // 64, generator=gen) + 0.5).half()}
-    assert torch.equal(ref_read_stream(t["codes"], p * bits, K // p), codes)
     # FLUTE (prepare_data): tables2[hi][lo] is a pair of values; p=2 splits a code into hi = c >> bits
     # (element 2j) and lo = c & mask (element 2j+1) with tables2 = grid.view(2^b, 2^b, 2); p=1 uses
     # make_qmap2_from_qmap: tables2[i][j] = (qmap[i], qmap[j]) on consecutive element pairs.
     grid16, mask = higgs_grid(p, bits).half(), 2 ** bits - 1
+    t = {"codes": pack_cols(codes, p * bits, 32, straddle=bool(32 % (p * bits))),
+         "scales": (torch.rand(N, K // 64, generator=gen) + 0.5).half(), "grid": grid16}
+    assert torch.equal(ref_read_stream(t["codes"], p * bits, K // p), codes)
     if p == 2:
         tables2 = grid16.view(2 ** bits, 2 ** bits, 2)
         hi, lo = codes >> bits, codes & mask

@@ -10,13 +10,16 @@ Canonical storage here (a documented plain layout, not FLUTE's):
                                straddle words for 3-bit (p=1) and 6-bit (p=2, bits=3) fields.
                                For p=2, bits=4 the bytes equal HIGGS's own uint8 `codes` [N, K/2].
   scales fp16  [N, K/group_size]  (HIGGS's [out, in/group_size] scales).
+  grid   fp16  [2**(p*bits), p]  the grid the decoder reads (HiggsLinear stores it in the checkpoint as
+                                 FLUTE's `tables` / `tables2` parameters); the encoder writes the
+                                 published grid, Decode.table.
 FLUTE's checkpoint `weight` (int16 [N*bits/16, K]) is the same codes split into per-element bit
 fields (p=2: hi = c >> bits for column 2j, lo = c & (2**bits - 1) for column 2j+1; tables2[hi][lo] =
 grid[c]) and then reordered by flute.tune.tune_and_pack for the kernel template the tuner picked on
 the GPU at hand (tile sizes, SM count). That reordering is not reproducible from the format alone, so
 no importer from FLUTE's packed `weight` exists yet; importing needs FLUTE's tune metadata.
 
-Decode: W_hat[o, i] = grid16[code(o, i)][i % p] * scales[o, i // group_size]  (an fp16 multiply);
+Decode: W_hat[o, i] = grid[code(o, i)][i % p] * scales[o, i // group_size]  (an fp16 multiply);
 HIGGS's layer computes y = W_hat . (H x) with H the normalized Sylvester Hadamard on each
 hadamard_size block of x (hadamard_transform(x, scale=1/sqrt(hadamard_size))). `dequantize`
 returns the effective weight W = W_hat @ H (blockwise along K), so that y = x @ W.T; H is applied
@@ -89,7 +92,8 @@ def build_higgs(p: int = 2, bits: int = 4, group_size: int = 256, hadamard_size:
                         straddle=bool(32 % field)),
         decode=decode,
         tensors=(TensorField("codes", "int32", ("N", "K * bits // 32"), "codes"),
-                 TensorField("scales", "float16", ("N", "K // group_size"), "scales")),
+                 TensorField("scales", "float16", ("N", "K // group_size"), "scales"),
+                 TensorField("grid", "float16", (str(2 ** field), str(p)), "table")),
         scales=(ScaleLevel("scales", "group", "float16", axis="K", size=group_size),),
         transforms=(Transform("hadamard", side="input", placement="online", size=hadamard_size, normalized=True),),
         params=(("p", p), ("bits", bits), ("group_size", group_size), ("hadamard_size", hadamard_size),
@@ -101,10 +105,10 @@ def build_higgs(p: int = 2, bits: int = 4, group_size: int = 256, hadamard_size:
 
 
 def decode_higgs_rotated(spec: FormatSpec, t: dict[str, torch.Tensor], N: int, K: int) -> torch.Tensor:
-    """W_hat (fp16 [N, K]): the weight in the rotated basis, grid16[codes] * scales in fp16."""
+    """W_hat (fp16 [N, K]): the weight in the rotated basis, grid[codes] * scales in fp16."""
     p, bits, gs = spec.param("p"), spec.param("bits"), spec.param("group_size")
     codes = unpack_cols(t["codes"], p * bits, K // p, word_bits=32, straddle=bool(32 % (p * bits)))
-    vals = gather_decode(higgs_grid(p, bits).to(torch.float16), codes).reshape(N, K)
+    vals = gather_decode(t["grid"], codes).reshape(N, K)
     return vals * t["scales"].repeat_interleave(gs, dim=1)
 
 
@@ -130,7 +134,8 @@ def quantize_higgs(spec: FormatSpec, W: torch.Tensor, **calib) -> dict[str, torc
     scales = torch.where(scales == 0, torch.ones_like(scales), scales)
     x = (rot / scales.float().unsqueeze(-1)).reshape(-1, p)
     codes = nearest_codeword(x, higgs_grid(p, bits)).reshape(N, K // p)
-    return {"codes": pack_cols(codes, p * bits, word_bits=32, straddle=bool(32 % (p * bits))), "scales": scales}
+    return {"codes": pack_cols(codes, p * bits, word_bits=32, straddle=bool(32 % (p * bits))), "scales": scales,
+            "grid": higgs_grid(p, bits).to(torch.float16)}
 
 
 class _HiggsCodec:

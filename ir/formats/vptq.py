@@ -287,9 +287,40 @@ def quantize_vptq(spec: FormatSpec, W: torch.Tensor, **calib) -> dict[str, torch
     return out
 
 
+def synthetic_vptq(spec: FormatSpec, N: int, K: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Valid random tensors at any size without the k-means encoder (see ir.synthetic): fp16 codebooks
+    ~ N(0, 1) (the scale of VPTQ's normalized weights), every index below its codebook's size, a random
+    perm, column scales in [0.005, 0.015] and biases in [-0.005, 0.005]."""
+    p = dict(spec.params)
+    _geometry(spec, N, K)
+    schema = {name: shape for name, (shape, _) in spec.tensor_schema(N, K).items()}
+    out = {name: torch.randn(shape, generator=gen).to(torch.float16)
+           for name, shape in schema.items() if name.endswith("centroids")}
+
+    def codes(name: str, entries: int) -> torch.Tensor:
+        return _u16(torch.randint(0, entries, schema[name], generator=gen))
+
+    if p["packed"]:  # any merged value is valid: idx < 2**index_bits = num_centroids, res < 2**res_bits
+        out["indices"] = torch.randint(-2 ** 31, 2 ** 31, schema["indices"], generator=gen).to(torch.int32)
+    else:
+        out["indices"] = codes("indices", p["num_centroids"])
+        if p["num_res_centroids"]:
+            out["res_indices"] = codes("res_indices", p["num_res_centroids"])
+    if p["outlier_size"]:
+        out["outlier_indices"] = codes("outlier_indices", p["num_outlier_centroids"])
+    if p["perm"]:
+        order = torch.randperm(K, generator=gen)
+        out["perm"] = _u16(order) if p["packed"] else order
+    if p["norm"]:
+        out["weight_scale"] = (0.005 + 0.01 * torch.rand(K, generator=gen)).to(torch.float16)
+        out["weight_bias"] = (0.01 * torch.rand(K, generator=gen) - 0.005).to(torch.float16)
+    return out
+
+
 class _VPTQCodec:
     quantize = staticmethod(quantize_vptq)
     dequantize = staticmethod(dequantize_vptq)
+    synthetic = staticmethod(synthetic_vptq)
 
 
 register_codec("vptq", _VPTQCodec())
