@@ -1,0 +1,203 @@
+"""`python -m bench` on the CPU: the smoke run under the interpreter (correctness, null times), the regression
+gate on real runs with a deterministic stand-in timer, sharding and merging, the report, the peers' CPU paths."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ir
+from bench import compare as bcompare
+from bench import report as breport
+from bench import run as brun
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cpu_smoke_command(tmp_path):
+    """The documented CPU command: tiny shape, interpreter, correctness checked, every time null."""
+    out = tmp_path / "res"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # bench sets it itself
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--formats", "gptq", "--shapes", "256,512",
+                           "--batches", "1", "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no timing is meaningful" in proc.stdout
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["header"]["gpu"] is None and "git_commit" in doc["header"]
+    by = {c["name"]: c for c in doc["cases"]}
+    g = by["gptq"]
+    assert g["status"] == "ok" and g["rel_err"] < 5e-3 and g["config_source"] == "default"
+    assert g["us"] is None and g["eager_us"] is None and g["floor_us"] is None and g["bytes"] > 0
+    # peers: gemlite needs CUDA (skipped, with the reason); torch's tinygemm / fp8 and bitsandbytes check on CPU
+    assert by["gemlite_a16w4_g128"]["status"] == "skipped" and "CUDA" in by["gemlite_a16w4_g128"]["reason"]
+    for name in ("tinygemm_int4_g128", "bnb_nf4_b64_dq", "fp8_cublas_w8a8"):
+        assert by[name]["status"] == "ok", by[name]
+        assert by[name]["rel_err"] < 2e-2 and by[name]["us"] is None
+    md = (out / "results.md").read_text()
+    assert "No timing" in md and "gemlite_a16w4_g128 (peer) | skipped" in md
+
+
+class _CountingTimer:
+    """Stands in for the CUDA timer: a call's 'time' is 7 us per quantcc kernel launch it makes (fp16 cuBLAS,
+    which launches none, reads 50 us), so a kernel run twice per call reads twice as slow, deterministically."""
+    launches = 0
+
+    def __init__(self, cuda, rep_ms, eager_iters):
+        self.cuda = True
+
+    def __call__(self, fn):
+        _CountingTimer.launches = 0
+        fn()
+        us = 7.0 * _CountingTimer.launches or 50.0
+        return us, us + 20.0
+
+
+class _FakeFloor:
+    def __init__(self, cuda, rep_ms):
+        pass
+
+    def __call__(self, nbytes):
+        return 1.0 + nbytes / 2e6, {"programs": 1056, "block": 2048, "num_warps": 4}
+
+
+@pytest.fixture
+def fake_timing(monkeypatch):
+    real_build = brun.build_kernel
+
+    def counting_build(*a, **k):
+        run, fields = real_build(*a, **k)
+
+        def counted(x, t, out):
+            _CountingTimer.launches += 1
+            return run(x, t, out)
+        return counted, fields
+    monkeypatch.setattr(brun, "Timer", _CountingTimer)
+    monkeypatch.setattr(brun, "ReadFloor", _FakeFloor)
+    monkeypatch.setattr(brun, "build_kernel", counting_build)
+
+
+def _run(tmp_path, out, *extra):
+    rc = brun.main(["--formats", "gptq", "--shapes", "256,512", "--batches", "1", "--peers", "none",
+                    "--no-plots", "--out", str(tmp_path / out), *extra])
+    assert rc == 0
+    return str(tmp_path / out / "results.json")
+
+
+def test_gate_passes_unchanged_and_names_a_slowed_kernel(tmp_path, fake_timing, capsys):
+    base, again, slow = _run(tmp_path, "a"), _run(tmp_path, "b"), _run(tmp_path, "c", "--slow-down", "2")
+    doc = json.loads(Path(slow).read_text())
+    case = next(c for c in doc["cases"] if c["kind"] == "quantcc")
+    assert case["us"] == 14.0 and case["fp16_us"] == 50.0 and case["speedup_vs_fp16"] == pytest.approx(50 / 14)
+    assert case["floor_frac"] == pytest.approx(case["floor_us"] / 14.0) and case["tbps"] > 0
+    assert any(c["kind"] == "baseline" and c["name"] == "fp16_cublas" for c in doc["cases"])
+    capsys.readouterr()
+    assert bcompare.main_compare([base, again, "--fail-above", "5"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert bcompare.main_compare([base, slow, "--fail-above", "5"]) == 1
+    text = capsys.readouterr().out
+    assert "quantcc:gptq|triton|256x512|M1" in text and "+100.0%" in text
+    assert bcompare.main_compare([base, slow, "--fail-above", "150"]) == 0
+
+
+def _doc(gpu, cases, commit="c1"):
+    return {"schema": 1, "header": {"gpu": gpu, "git_commit": commit, "peers": {}}, "runs": [], "cases": cases}
+
+
+def _case(name, us, status="ok", N=64, K=64, M=1, kind="quantcc"):
+    c = brun.new_case(kind, name, "triton", N, K, M, klass="int4 (GPTQ-like)", bits_per_weight=4.0, status=status)
+    if us is not None:
+        nbytes = N * K // 2 + 2 * M * (N + K)
+        c.update(us=us, eager_us=us + 10, bytes=nbytes, tbps=nbytes / us / 1e6, floor_us=us * 0.8, floor_frac=0.8,
+                 fp16_us=2 * us, speedup_vs_fp16=2.0, rel_err=1e-4)
+    return c
+
+
+def test_compare_refuses_different_gpus_and_flags_new_failures(tmp_path, capsys):
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(_doc("NVIDIA H100 80GB HBM3", [_case("gptq", 10.0), _case("awq", 10.0)])))
+    b.write_text(json.dumps(_doc("NVIDIA H200", [_case("gptq", 10.0)])))
+    c.write_text(json.dumps(_doc("NVIDIA H100 80GB HBM3", [_case("gptq", 10.2), _case("awq", None, "FAILED")])))
+    assert bcompare.main_compare([str(a), str(b)]) == 2
+    assert "different GPUs" in capsys.readouterr().out
+    assert bcompare.main_compare([str(a), str(c), "--fail-above", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "quantcc:awq" in out and "FAILED in NEW" in out and "quantcc:gptq" not in out.split("FAIL:")[1]
+
+
+def test_shards_partition_the_work_and_merge_rebuilds(tmp_path):
+    args = brun.parse_args(["--formats", "gptq", "awq", "bnb_nf4", "--shapes", "256,512", "512,1024",
+                            "--peers", "tinygemm_int4_g128"])
+    every = set(brun.work_items(args))
+    slices = []
+    for i in (1, 2, 3):
+        args.shard = (i, 3)
+        slices.append(brun.work_items(args))
+    assert sorted(x for s in slices for x in s) == sorted(every) and len(every) == 8
+    d1 = _doc("GPU X", [_case("gptq", 10.0), _case("awq", None, "not_run")], "c1")
+    d2 = _doc("GPU X", [_case("awq", 12.0), _case("gptq", None, "not_run")], "c2")
+    merged = bcompare.merge([d1, d2], ["1", "2"])
+    by = {c["name"]: c for c in merged["cases"]}
+    assert by["gptq"]["us"] == 10.0 and by["awq"]["us"] == 12.0 and "c1" in merged["header"]["git_commit"]
+    with pytest.raises(SystemExit, match="different GPUs"):
+        bcompare.merge([d1, _doc("GPU Y", [])], ["1", "2"])
+    paths = [tmp_path / "1.json", tmp_path / "2.json"]
+    for p, d in zip(paths, (d1, d2)):
+        p.write_text(json.dumps(d))
+    assert bcompare.main_merge([str(p) for p in paths] + ["--out", str(tmp_path / "m"), "--no-plots"]) == 0
+    assert len(json.loads((tmp_path / "m" / "results.json").read_text())["cases"]) == 2
+
+
+def test_time_budget_and_skip_done(tmp_path, fake_timing):
+    first = _run(tmp_path, "a", "--time-budget", "0")
+    cases = json.loads(Path(first).read_text())["cases"]
+    assert cases and all(c["status"] == "not_run" for c in cases)
+    done = _run(tmp_path, "b")
+    again = _run(tmp_path, "c", "--skip-done", done)
+    assert json.loads(Path(again).read_text())["cases"] == []
+
+
+def test_report_tables_and_plots(tmp_path):
+    cases = []
+    for N, K in ((64, 64), (128, 64)):
+        for M in (1, 16):
+            cases += [_case("gptq", 10.0 * M, N=N, K=K, M=M), _case("gemlite_a16w4_g128", 12.0 * M, N=N, K=K, M=M,
+                                                                     kind="peer")]
+            b = _case("fp16_cublas", 20.0 * M, N=N, K=K, M=M, kind="baseline")
+            cases.append(dict(b, klass="fp16"))
+    cases.append(_case("qtip", None, "FAILED", M=16))
+    written = breport.write_outputs(tmp_path, _doc("NVIDIA H100 80GB HBM3", cases))
+    names = sorted(p.name for p in written)
+    assert names == ["m1_floor_fraction.png", "results.json", "results.md", "shape_128x64.png", "shape_64x64.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+    md = (tmp_path / "results.md").read_text()
+    assert "## M=1: fraction of the read floor" in md and "| gptq | int4 (GPTQ-like) | 4.00 | 80% (10.0 us)" in md
+    assert "| qtip | FAILED |" in md and "## M=16: speedup vs fp16 cuBLAS" in md
+
+
+def test_every_format_has_a_report_class():
+    for name in ir.list_formats():
+        assert breport.format_class(ir.get_format(name)) in breport.CLASSES, name
+    assert breport.gpu_slug({"gpu": "NVIDIA H100 80GB HBM3"}) == "nvidia_h100_80gb_hbm3"
+    assert breport.gpu_slug({"gpu": None}) == "cpu_interpreter"
+
+
+def test_check_output_verdicts():
+    ref = torch.ones(2, 8, dtype=torch.float64)
+    assert "status" not in brun.check_output(ref.half(), ref, torch.float16)
+    bad = brun.check_output(torch.full((2, 8), float("nan")).half(), ref, torch.float16)
+    assert bad["status"] == "FAILED" and "NaN" in bad["reason"]
+    off = brun.check_output((ref * 1.1).half(), ref, torch.float16)
+    assert off["status"] == "FAILED" and off["rel_err"] == pytest.approx(0.1, rel=1e-2)
+
+
+def test_cli_rejects_unknown_names():
+    with pytest.raises(SystemExit):
+        brun.parse_args(["--formats", "nope"])
+    with pytest.raises(SystemExit):
+        brun.parse_args(["--peers", "nope"])
+    with pytest.raises(SystemExit):
+        brun.parse_args(["--shard", "4/3"])
