@@ -1,0 +1,9 @@
+"""quantcc autotuner: candidate spaces, pruning, verify-then-time, the per-GPU tuning database (write side).
+
+  space.py    search space per (backend, kernel family, M bucket) and the coordinate-descent order
+  prune.py    legality and budget rules applied before anything compiles
+  verify.py   reference check on fresh data, timing, failures as infinity with a repro line
+  sweep.py    per-case search within a time budget, results table
+  db.py       atomic, locked, merging writes of autotune/db/<gpu>.json (runtime.tuning reads it)
+
+Command line: `python -m autotune {sweep, show, check, space}`."""

@@ -1,0 +1,300 @@
+"""python -m autotune {sweep, show, check, space}: the autotuner's command line.
+
+  sweep   tune formats x shapes x M buckets on this GPU into autotune/db/<gpu>.json (needs CUDA)
+  show    print a tuning database (this GPU's; with --gpu another's; without CUDA every file)
+  check   verify (and on a GPU time) one config: the repro command failures are logged with
+  space   count the legal and pruned candidates of one problem, with the pruning reasons (CPU is fine)
+
+A format is NAME or NAME:OPT=VALUE,OPT=VALUE (e.g. gptq:bits=3,group_size=64)."""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import ir
+from codegen.arch import ARCHES, get_arch, kernel_family
+from ir import KernelConfig, SpecError
+from runtime.tuning import DB_DIR, m_bucket
+
+from .db import DatabaseError, db_path, is_stale, load, load_for_write, stale_reasons
+from .space import BACKENDS, candidates, tuning_m
+from .sweep import Case, result_table, run_sweep, summary
+from .verify import Reference, evaluate
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _value(v: str):
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_format(arg: str) -> tuple[ir.FormatSpec, dict]:
+    """NAME[:OPT=VALUE,...] -> (spec, options)."""
+    name, _, rest = arg.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        if "=" not in item:
+            raise SpecError(f"format option {item!r} in {arg!r} is malformed; expected NAME:OPT=VALUE,OPT=VALUE")
+        k, v = item.split("=", 1)
+        options[k.strip()] = _value(v.strip())
+    return ir.get_format(name, **options), options
+
+
+def format_arg(name: str, options: dict) -> str:
+    return name + (":" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) if options else "")
+
+
+def _shape(s: str) -> tuple[int, int]:
+    try:
+        n, k = (int(v) for v in s.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {s!r} is malformed; expected N,K (e.g. 4096,4096)") from None
+    return n, k
+
+
+def _backends(choice: str) -> list[str]:
+    if choice == "all":
+        return list(BACKENDS)
+    if choice not in BACKENDS:
+        raise SpecError(f"backend {choice!r} cannot be tuned yet: only {list(BACKENDS)} can (the TVM backend's "
+                        f"kernels are not loadable at run time yet)")
+    return [choice]
+
+
+def plan_cases(formats: list[str], shapes, batches: list[int], backends: list[str], out=print) -> tuple[list, dict]:
+    """(cases, {format arg: options}); shapes a format cannot take are reported and left out."""
+    cases, options = [], {}
+    buckets = sorted({m_bucket(b) for b in batches})
+    for arg in formats:
+        spec, opts = parse_format(arg)
+        options[arg] = opts
+        for N, K in shapes:
+            try:
+                spec.check_shape(N, K)
+            except SpecError as e:
+                out(f"  skipping {arg} {N}x{K}: {e}")
+                continue
+            for backend in backends:
+                cases += [Case(arg, spec, N, K, b, tuning_m(b, batches), backend) for b in buckets]
+    return cases, options
+
+
+def stale_cases(path: Path, header: dict, out=print) -> tuple[list, dict]:
+    """Cases for every entry of the database that was tuned with other soft versions than `header`'s."""
+    data = load_for_write(path, header)
+    cases, options = [], {}
+    for key, e in sorted((data or {}).get("entries", {}).items()):
+        if not is_stale(e, data["header"], header):
+            continue
+        spec_key, backend, N, K, bucket = key.split("|")
+        arg = format_arg(e["format"], e.get("options", {}))
+        try:
+            spec, opts = parse_format(arg)
+        except SpecError as err:
+            out(f"  cannot re-tune {key}: {err}")
+            continue
+        if spec.key != spec_key:
+            out(f"  cannot re-tune {arg} {N}x{K}: the format's definition changed since it was tuned "
+                f"(spec key {spec.key[:12]} != {spec_key[:12]}); tune it afresh")
+            continue
+        options[arg] = opts
+        cases.append(Case(arg, spec, int(N), int(K), int(bucket), e.get("M") or tuning_m(int(bucket)), backend))
+    return cases, options
+
+
+def cmd_sweep(args) -> int:
+    if not torch.cuda.is_available():
+        print("autotune sweep needs a CUDA GPU: it times kernels, and the CPU interpreter has no meaningful "
+              "speed. On a CPU, `python -m autotune show` prints databases and `python -m autotune check` "
+              "verifies one config under TRITON_INTERPRET=1.", file=sys.stderr)
+        return 2
+    from bench.timing import time_us
+    from runtime.device import machine_header
+    header = machine_header()
+    path = db_path(header["gpu"], args.db_dir)
+    print(f"tuning on {header['gpu']} ({header['arch']}, template hash {header['template_hash']}) into {path}")
+    cases, options = plan_cases(args.formats or [], args.shapes or [], args.batches or [], _backends(args.backend))
+    if args.retune_stale and not args.fresh:
+        more, more_opts = stale_cases(path, header)
+        print(f"  {len(more)} stale entries to re-tune")
+        seen = {(c.spec.key, c.backend, c.N, c.K, c.bucket) for c in cases}
+        cases += [c for c in more if (c.spec.key, c.backend, c.N, c.K, c.bucket) not in seen]
+        options.update(more_opts)
+    if not cases:
+        print("nothing to tune: give --formats, --shapes and --batches (or --retune-stale)", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    rows = run_sweep(cases, header=header, path=path, device="cuda", timer=time_us, budget_s=args.budget_s,
+                     options=options, jobs=args.jobs, fresh=args.fresh, force=args.force,
+                     max_candidates=args.max_candidates, dtype=DTYPES[args.dtype])
+    if rows:
+        print()
+        print(result_table(rows))
+        print(summary(rows, time.perf_counter() - t0))
+    return 0 if all(r.winner is not None for r in rows) else 1
+
+
+def _show_file(path: Path, current: dict | None) -> None:
+    data = load(path)
+    h = data["header"]
+    print(f"{path}: {len(data['entries'])} entries")
+    print("  header: " + ", ".join(f"{k}={h.get(k)}" for k in sorted(h)))
+    ref = current or h
+    if current is not None:
+        from runtime.tuning import compare_headers
+        hard, soft = compare_headers(h, current)
+        state = "IGNORED here (hard mismatch: " + "; ".join(hard) + ")" if hard else \
+            "stale here (" + "; ".join(soft) + ")" if soft else "matches this machine"
+        print(f"  {state}")
+    head = ("format", "N", "K", "backend", "M bucket", "config", "us", "runner-up", "us", "default us", "speedup",
+            "stale")
+    rows = []
+    for key, e in data["entries"].items():
+        _, backend, N, K, bucket = key.split("|")
+        ru = e.get("runner_up") or {}
+        d = (e.get("default") or {}).get("us")
+        rows.append((format_arg(e["format"], e.get("options", {})), N, K, backend,
+                     ">256" if bucket == "512" else bucket, KernelConfig(**e["config"]).label, f"{e['us']:.2f}",
+                     KernelConfig(**ru["config"]).label if ru else "-", f"{ru['us']:.2f}" if ru else "-",
+                     f"{d:.2f}" if d else "-", f"{d / e['us']:.2f}x" if d else "-",
+                     "yes: " + "; ".join(stale_reasons(e, h, ref)) if is_stale(e, h, ref) else ""))
+    rows.sort(key=lambda r: (r[0], int(r[1]), int(r[2]), r[3], 10 ** 6 if r[4] == ">256" else int(r[4])))
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    for r in [head] + rows:
+        print("  " + "  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip())
+
+
+def cmd_show(args) -> int:
+    folder = Path(args.db_dir or DB_DIR)
+    current = None
+    if args.gpu:
+        paths = [db_path(args.gpu, folder)]
+    elif torch.cuda.is_available():
+        from runtime.device import machine_header
+        current = machine_header()
+        paths = [db_path(current["gpu"], folder)]
+    else:
+        paths = sorted(folder.glob("*.json"))
+        if not paths:
+            print(f"no tuning databases in {folder}")
+            return 0
+    status = 0
+    for p in paths:
+        if not p.exists():
+            known = ", ".join(x.stem for x in sorted(folder.glob("*.json"))) or "none"
+            print(f"no tuning database {p} (known: {known})")
+            status = 1
+            continue
+        try:
+            _show_file(p, current)
+        except (DatabaseError, ValueError) as e:
+            print(f"{p}: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_check(args) -> int:
+    spec, _ = parse_format(args.format)
+    N, K = args.shape
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("TRITON_INTERPRET", "1")   # before the generated module imports triton.jit
+    _backends(args.backend)
+    arch = args.arch or (get_arch_of_device() if cuda else "sm90")
+    config = KernelConfig(**json.loads(args.config))
+    ref = Reference.build(spec, args.format, N, K, "cuda" if cuda else "cpu", seed=N + K)
+    timer = None
+    if cuda:
+        from bench.timing import time_us
+        timer = time_us
+    t = evaluate(ref, args.batch, config, arch=arch, family=kernel_family(args.batch), dtype=DTYPES[args.dtype],
+                 timer=timer, rep_ms=100, backend=args.backend, raise_errors=True)
+    timing = f", {t.us:.2f} us" if cuda else " (verified under the interpreter; not timed)"
+    print(f"{args.format} {N}x{K} M={args.batch} {config.label}: relative error {t.rel_err:.3g}{timing}")
+    return 0
+
+
+def get_arch_of_device() -> str:
+    from codegen.arch import arch_of_capability
+    return arch_of_capability(*torch.cuda.get_device_capability())
+
+
+def cmd_space(args) -> int:
+    spec, _ = parse_format(args.format)
+    N, K = args.shape
+    M = tuning_m(m_bucket(args.batch), [args.batch])
+    for backend in _backends(args.backend):
+        kept, rejected = candidates(spec, get_arch(args.arch), M, N, K, backend)
+        print(f"{args.format} {N}x{K} M={M} ({kernel_family(M)}, {backend}, {args.arch}): {len(kept)} legal of "
+              f"{len(kept) + len(rejected)} candidates")
+        reasons = collections.Counter(r.split(":")[0] for _, r in rejected)
+        for why, n in reasons.most_common():
+            print(f"  {n:6d} pruned: {why}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m autotune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sweep", help="tune on this GPU and write autotune/db/<gpu>.json")
+    s.add_argument("--formats", nargs="+", metavar="FORMAT")
+    s.add_argument("--shapes", nargs="+", type=_shape, metavar="N,K")
+    s.add_argument("--batches", nargs="+", type=int, metavar="M", help="M values; each is tuned at its M bucket")
+    s.add_argument("--backend", default="triton", choices=("triton", "tvm", "all"))
+    s.add_argument("--budget-s", type=float, default=15.0, help="seconds per (format, shape, M bucket) case")
+    s.add_argument("--max-candidates", type=int, default=None, help="stop a case after this many candidates")
+    s.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 4), help="parallel compiles")
+    s.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    s.add_argument("--retune-stale", action="store_true", help="also re-tune every stale entry of this GPU's file")
+    s.add_argument("--force", action="store_true", help="re-tune requested cases even when tuned")
+    s.add_argument("--fresh", action="store_true",
+                   help="replace this GPU's file (needed after a template change: the old file is then ignored)")
+    s.add_argument("--db-dir", default=None, help=f"database folder (default {DB_DIR})")
+    s.set_defaults(fn=cmd_sweep)
+    s = sub.add_parser("show", help="print a tuning database")
+    s.add_argument("--gpu", default=None, help="GPU name or file slug (default: this GPU, or every file)")
+    s.add_argument("--db-dir", default=None)
+    s.set_defaults(fn=cmd_show)
+    s = sub.add_parser("check", help="verify and time one config (the repro of a failing candidate)")
+    s.add_argument("--format", required=True)
+    s.add_argument("--shape", type=_shape, required=True)
+    s.add_argument("--batch", type=int, required=True)
+    s.add_argument("--config", required=True, help="KernelConfig as JSON")
+    s.add_argument("--backend", default="triton")
+    s.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    s.add_argument("--arch", default=None, choices=sorted(ARCHES))
+    s.set_defaults(fn=cmd_check)
+    s = sub.add_parser("space", help="count legal and pruned candidates for one problem")
+    s.add_argument("--format", required=True)
+    s.add_argument("--shape", type=_shape, required=True)
+    s.add_argument("--batch", type=int, required=True)
+    s.add_argument("--backend", default="triton")
+    s.add_argument("--arch", default="sm90", choices=sorted(ARCHES))
+    s.set_defaults(fn=cmd_space)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        return args.fn(args)
+    except (SpecError, DatabaseError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

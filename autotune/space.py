@@ -1,0 +1,112 @@
+"""The search space per (backend, arch, kernel family, M bucket), and the search order over it.
+
+M is bucketed by `runtime.tuning.m_bucket`, the one documented function: the smallest of
+1, 2, 4, 8, 16, 32, 64, 128, 256 that is >= M, and 512 for every M > 256. A bucket is tuned at
+M = the bucket value (the largest M it holds; 512 stands for "large"), with the kernel family
+`codegen.arch.kernel_family(bucket)`: gemv (broadcast-multiply-reduce, block_m 1..4 rows) up to
+M = 4, gemm (tl.dot) above. The runtime dispatches every M of a bucket to the bucket's entry.
+
+Candidates are the product of the per-axis ladders below (every knob the Triton templates expose:
+block_m, block_n, block_k, split_k, num_warps, num_stages, and swap_ab for gemm), pruned by
+`autotune.prune` before anything compiles. That product is hundreds to a few thousand configs, far
+more than a 10-20 s budget can compile, so `Search` walks it by coordinate descent from the heuristic
+default (`codegen.arch.default_config`): it proposes the untried legal configs on the axis lines
+through the best config so far (one axis changed, all its ladder values, nearest steps first); the
+sweep measures them in chunks and re-centres on each new best, until nothing new is left around the
+measured configs or the budget ends.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+from codegen.arch import Arch, kernel_family
+from ir import FormatSpec, KernelConfig, SpecError
+from runtime.tuning import M_BUCKETS, m_bucket
+
+from .prune import prune, reject_reason
+
+__all__ = ["AXES", "BACKENDS", "M_BUCKETS", "Search", "axes_for", "candidates", "m_bucket", "tuning_m"]
+
+BACKENDS = ("triton",)   # "tvm" joins when its backend lands (issue 5): its own ladders go in AXES
+
+AXES: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {
+    ("triton", "gemv"): {
+        "block_n": (16, 32, 64, 128, 256),
+        "block_k": (32, 64, 128, 256, 512),
+        "split_k": (1, 2, 4, 8, 16, 32),
+        "num_warps": (1, 2, 4, 8),
+        "num_stages": (1, 2, 3, 4),
+        "block_m": (1, 2, 4),
+    },
+    ("triton", "gemm"): {
+        "block_n": (32, 64, 128, 256),
+        "block_k": (32, 64, 128, 256),
+        "split_k": (1, 2, 4, 8),
+        "num_warps": (4, 8),
+        "num_stages": (2, 3, 4, 5),
+        "block_m": (16, 32, 64, 128),
+        "swap_ab": (False, True),
+    },
+}
+
+
+def tuning_m(bucket: int, batches: list[int] | tuple[int, ...] = ()) -> int:
+    """The M a bucket is tuned at: the bucket value, or the largest requested M above 256 for 512."""
+    if bucket != 512:
+        return bucket
+    return max([b for b in batches if b > 256] or [512])
+
+
+def axes_for(backend: str, family: str) -> dict[str, tuple[int, ...]]:
+    if (backend, family) not in AXES:
+        raise SpecError(f"no search space for backend {backend!r}, family {family!r}; "
+                        f"known: {sorted(AXES)}")
+    return AXES[(backend, family)]
+
+
+def candidates(spec: FormatSpec, arch: Arch, M: int, N: int, K: int, backend: str = "triton",
+               family: str | None = None) -> tuple[list[KernelConfig], list[tuple[KernelConfig, str]]]:
+    """Every legal config for the problem (kept, in ladder order) and the rejected ones with reasons."""
+    family = family or kernel_family(M)
+    ax = axes_for(backend, family)
+    names = list(ax)
+    configs = (KernelConfig(**dict(zip(names, vals))) for vals in itertools.product(*(ax[n] for n in names)))
+    return prune(spec, arch, family, M, N, K, configs)
+
+
+class Search:
+    """Coordinate descent over the legal configs (see the module docstring); remembers what it proposed."""
+
+    def __init__(self, spec: FormatSpec, arch: Arch, M: int, N: int, K: int, backend: str = "triton",
+                 family: str | None = None):
+        self.spec, self.arch, self.M, self.N, self.K = spec, arch, M, N, K
+        self.family = family or kernel_family(M)
+        self.axes = axes_for(backend, self.family)
+        self.proposed: set[KernelConfig] = set()
+        self._legal: dict[KernelConfig, bool] = {}
+
+    def legal(self, c: KernelConfig) -> bool:
+        if c not in self._legal:
+            self._legal[c] = reject_reason(self.spec, self.arch, self.family, self.M, self.N, self.K, c) is None
+        return self._legal[c]
+
+    def mark(self, configs) -> None:
+        """Record configs evaluated outside the search (the heuristic default)."""
+        self.proposed.update(configs)
+
+    def lines(self, center: KernelConfig) -> list[KernelConfig]:
+        """Untried legal configs that differ from `center` in one axis, nearest ladder steps first."""
+        by_distance: dict[int, list[KernelConfig]] = {}
+        for name, ladder in self.axes.items():
+            cur = getattr(center, name)
+            pos = min(range(len(ladder)), key=lambda i: abs(ladder[i] - cur))
+            for i, v in enumerate(ladder):
+                if v == cur:
+                    continue
+                c = replace(center, **{name: v})
+                if c not in self.proposed and self.legal(c):
+                    by_distance.setdefault(abs(i - pos) or 1, []).append(c)
+        out = [c for d in sorted(by_distance) for c in by_distance[d]]
+        self.proposed.update(out)
+        return out

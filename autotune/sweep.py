@@ -1,0 +1,233 @@
+"""Sweeps: tune (format, N, K, M bucket, backend) cases within a time budget and record the winners.
+
+Per case: the heuristic default (codegen.arch.default_config) is evaluated first, then `space.Search`
+proposes candidates (coordinate descent over the pruned space, see space.py). They go in chunks:
+compiled in parallel (`verify.precompile`), then each verified and screened (`verify.evaluate`,
+SCREEN_REP_MS). The search stops when nothing new is left to propose or the case's budget is spent
+(what was measured so far is kept). Finally the two best candidates and the default are re-timed
+side by side (FINAL_REP_MS, fresh data, verified again): the fastest is the winner, the next the
+runner-up, and the default's figure gives the speedup. The entry is written to the database at
+once, so an interrupted sweep resumes where it stopped."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from codegen.arch import default_config, get_arch, kernel_family
+from ir import FormatSpec, KernelConfig
+
+from .db import entry_key, is_stale, load_for_write, make_entry, merge_entries
+from .space import Search
+from .verify import FINAL_REP_MS, SCREEN_REP_MS, Reference, Timer, Trial, build_module, evaluate, precompile
+
+FINAL_RESERVE = 0.15        # share of a case's budget kept for re-timing the finalists
+FIRST_CHUNK = 4             # candidates in a case's first chunk, before the seconds per candidate are known
+
+
+@dataclass(frozen=True)
+class Case:
+    fmt_arg: str
+    spec: FormatSpec
+    N: int
+    K: int
+    bucket: int
+    M: int                      # the M the bucket is tuned at (space.tuning_m)
+    backend: str = "triton"
+
+    @property
+    def family(self) -> str:
+        return kernel_family(self.M)
+
+    @property
+    def label(self) -> str:
+        return f"{self.fmt_arg} {self.N}x{self.K} M<={self.bucket}" if self.bucket != 512 else \
+            f"{self.fmt_arg} {self.N}x{self.K} M>256"
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    trials: dict = field(default_factory=dict)      # KernelConfig -> Trial (screening)
+    winner: Trial | None = None
+    runner_up: Trial | None = None
+    default: Trial | None = None                    # the default, re-timed next to the winner
+    seconds: float = 0.0
+    stopped_by_budget: bool = False
+
+    @property
+    def failed(self) -> int:
+        return sum(not t.ok for t in self.trials.values())
+
+    @property
+    def speedup(self) -> float:
+        if self.winner is None or self.default is None or not self.default.ok:
+            return math.nan
+        return self.default.us / self.winner.us
+
+
+def _ranked(trials) -> list[Trial]:
+    return sorted((t for t in trials if t.ok), key=lambda t: t.us)
+
+
+def tune_case(case: Case, ref: Reference, *, arch: str, budget_s: float, timer: Timer,
+              dtype: torch.dtype = torch.float16, jobs: int = 8, max_candidates: int | None = None) -> CaseResult:
+    """Search, verify and time one case within about `budget_s` seconds, the finalists' re-timing included.
+
+    Candidates go in chunks of up to `jobs` (FIRST_CHUNK at first): compiled in parallel, then each verified
+    and screened. No chunk starts after the search deadline, and chunks shrink to what the measured seconds
+    per candidate leave room for, so a case overruns its budget by about one compile at most."""
+    t0 = time.perf_counter()
+    deadline = t0 + budget_s * (1 - FINAL_RESERVE)
+    res = CaseResult(case)
+    search = Search(case.spec, get_arch(arch), case.M, case.N, case.K, case.backend, case.family)
+    dflt = default_config(case.spec, (case.M, case.N, case.K), arch)
+    search.mark([dflt])
+    center, queue = dflt, [dflt] + search.lines(dflt)
+    seed, per_candidate = 0, None
+    while True:
+        if not queue:
+            # the best's lines are exhausted: explore around the next best, then around the failed ones
+            # (legal configs that failed here, e.g. when the default itself is outside the space)
+            for t in _ranked(res.trials.values())[1:] + [t for t in res.trials.values() if not t.ok]:
+                queue = search.lines(t.config)
+                if queue:
+                    break
+            if not queue:
+                break
+        remaining = deadline - time.perf_counter()
+        n = min(jobs, FIRST_CHUNK) if per_candidate is None else max(1, min(jobs, int(remaining / per_candidate)))
+        if remaining <= 0:
+            n = 0 if res.trials else 1   # the default (first in the queue) is measured whatever the budget
+        if max_candidates:
+            n = min(n, max_candidates - len(res.trials))
+        if n <= 0:
+            res.stopped_by_budget = True
+            break
+        chunk, queue = queue[:n], queue[n:]
+        started = time.perf_counter()
+        modules = []
+        for cfg in chunk:
+            try:
+                modules.append(build_module(case.spec, case.M, case.N, case.K, arch, cfg, case.family))
+            except Exception:  # evaluate() below scores and logs it
+                pass
+        precompile(ref, case.M, modules, dtype=dtype, workers=jobs)
+        for cfg in chunk:
+            seed += 1
+            res.trials[cfg] = evaluate(ref, case.M, cfg, arch=arch, family=case.family, dtype=dtype,
+                                       timer=timer, rep_ms=SCREEN_REP_MS, seed=seed, backend=case.backend)
+        per_candidate = (time.perf_counter() - started) / len(chunk)
+        ranked = _ranked(res.trials.values())
+        if ranked and ranked[0].config != center:   # move to the new best; its lines go first
+            center = ranked[0].config
+            queue = search.lines(center) + queue
+    _finalize(res, ref, arch, dflt, dtype, timer, seed)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _finalize(res: CaseResult, ref: Reference, arch: str, dflt: KernelConfig, dtype, timer, seed: int) -> None:
+    case = res.case
+    finalists = [t.config for t in _ranked(res.trials.values())[:2]]
+    if dflt not in finalists:
+        finalists.append(dflt)
+    final = []
+    for i, cfg in enumerate(finalists):
+        t = evaluate(ref, case.M, cfg, arch=arch, family=case.family, dtype=dtype, timer=timer,
+                     rep_ms=FINAL_REP_MS, seed=seed + 1 + i, backend=case.backend)
+        final.append(t)
+        if cfg == dflt:
+            res.default = t
+    ranked = _ranked(final)
+    res.winner = ranked[0] if ranked else None
+    res.runner_up = ranked[1] if len(ranked) > 1 else None
+
+
+def progress_line(i: int, n: int, res: CaseResult, started: float) -> str:
+    """One plain-text status line for case i of n (1-based)."""
+    c = res.case
+    elapsed = time.perf_counter() - started
+    eta = elapsed / i * (n - i) if i else 0.0
+    w = res.winner
+    best = f"{w.config.label} {w.us:.1f} us" if w else "no working config"
+    d = res.default
+    dflt = f"default {d.us:.1f} us" if d and d.ok else "default failed"
+    bar = "#" * round(20 * i / n)
+    return (f"[{bar:<20}] {i}/{n} {c.label}: {len(res.trials)} tried, {res.failed} failed, {best} ({dflt}), "
+            f"{res.seconds:.1f} s{' (budget)' if res.stopped_by_budget else ''}; elapsed {elapsed:.0f} s, "
+            f"eta {eta:.0f} s")
+
+
+def result_table(rows: list[CaseResult]) -> str:
+    head = ("format", "N", "K", "M bucket", "winner", "us", "runner-up", "us", "default us", "speedup", "tried", "s")
+    lines = []
+    for r in rows:
+        c, w, u, d = r.case, r.winner, r.runner_up, r.default
+        lines.append((c.fmt_arg, str(c.N), str(c.K), ">256" if c.bucket == 512 else str(c.bucket),
+                      w.config.label if w else "-", f"{w.us:.2f}" if w else "inf",
+                      u.config.label if u else "-", f"{u.us:.2f}" if u else "-",
+                      f"{d.us:.2f}" if d and d.ok else "inf", f"{r.speedup:.2f}x" if r.speedup == r.speedup else "-",
+                      str(len(r.trials)), f"{r.seconds:.1f}"))
+    widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+    fmt = lambda row: "  ".join(v.ljust(widths[i]) if i in (0, 4, 6) else v.rjust(widths[i])  # noqa: E731
+                                for i, v in enumerate(row))
+    return "\n".join([fmt(head), fmt(tuple("-" * w for w in widths))] + [fmt(x) for x in lines])
+
+
+def summary(rows: list[CaseResult], wall_s: float) -> str:
+    tuned = [r for r in rows if r.winner is not None]
+    sp = [r.speedup for r in tuned if r.speedup == r.speedup]
+    geo = math.exp(sum(math.log(s) for s in sp) / len(sp)) if sp else math.nan
+    avg = sum(r.seconds for r in rows) / len(rows) if rows else 0.0
+    return (f"{len(tuned)}/{len(rows)} cases tuned in {wall_s:.0f} s wall ({avg:.1f} s per case searching, "
+            f"preparation excluded); winner vs heuristic default: geometric mean {geo:.3f}x, "
+            f"best {max(sp, default=math.nan):.2f}x, worst {min(sp, default=math.nan):.2f}x")
+
+
+def entry_for(res: CaseResult, header: dict, options: dict) -> dict:
+    c, w, u, d = res.case, res.winner, res.runner_up, res.default
+    return make_entry(c.spec.name, options, w.config, w.us, (u.config, u.us) if u else None, header,
+                      M=c.M, family=c.family, default={"config": d.config.to_dict(), "us": d.us if d.ok else None},
+                      tried=len(res.trials), failed=res.failed, tuning_s=round(res.seconds, 2))
+
+
+def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer: Timer, budget_s: float,
+              options: dict, jobs: int = 8, fresh: bool = False, force: bool = False, max_candidates=None,
+              dtype: torch.dtype = torch.float16, out=print) -> list[CaseResult]:
+    """Tune every case that the database at `path` lacks (or holds stale, or all with `force`), writing
+    each winner as soon as it is known. `options[fmt_arg]` are the format's non-default options."""
+    arch = header["arch"]
+    existing = None if fresh else load_for_write(path, header)   # refuses a corrupt or foreign file up front
+    entries = existing["entries"] if existing else {}
+    todo = []
+    for c in cases:
+        key = entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket)
+        e = entries.get(key)
+        if e is not None and not force and not is_stale(e, existing["header"], header):
+            continue
+        todo.append(c)
+    out(f"{len(cases)} cases, {len(cases) - len(todo)} already tuned for this machine in {path}, "
+        f"{len(todo)} to tune (budget {budget_s:g} s each)")
+    rows, refs, started, replace_file = [], {}, time.perf_counter(), fresh
+    for i, c in enumerate(todo, 1):
+        rk = (c.spec.key, c.N, c.K)
+        if rk not in refs:
+            refs.clear()  # one problem's weights at a time on the device
+            t = time.perf_counter()
+            refs[rk] = Reference.build(c.spec, c.fmt_arg, c.N, c.K, device, seed=c.N + c.K)
+            out(f"  prepared {c.fmt_arg} {c.N}x{c.K} (synthetic weights, reference decode) in "
+                f"{time.perf_counter() - t:.1f} s")
+        res = tune_case(c, refs[rk], arch=arch, budget_s=budget_s, timer=timer, dtype=dtype, jobs=jobs,
+                        max_candidates=max_candidates)
+        rows.append(res)
+        if res.winner is not None:
+            key = entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket)
+            merge_entries(path, header, {key: entry_for(res, header, options.get(c.fmt_arg, {}))},
+                          fresh=replace_file)
+            replace_file = False
+        out(progress_line(i, len(todo), res, started))
+    return rows

@@ -1,0 +1,112 @@
+"""Autotune search space: the M-bucket function, candidate generation, pruning before compilation, the search order."""
+import random
+
+import pytest
+
+import ir
+from autotune.prune import k_groups, live_values_per_thread, reject_reason, smem_bytes, word_atom_k
+from autotune.space import AXES, Search, candidates, m_bucket, tuning_m
+from codegen.arch import default_config, get_arch, kernel_family
+from codegen.plan import lower
+from ir import KernelConfig
+
+SM90, SM86 = get_arch("sm90"), get_arch("sm86")
+
+
+def test_m_bucket_is_the_documented_function():
+    assert [m_bucket(m) for m in (1, 2, 3, 4, 5, 8, 9, 16, 17, 100, 128, 129, 256)] == \
+        [1, 2, 4, 4, 8, 8, 16, 16, 32, 128, 128, 256, 256]
+    assert m_bucket(257) == m_bucket(100_000) == 512
+    with pytest.raises(ValueError, match="M = 0 is invalid"):
+        m_bucket(0)
+    # a bucket is tuned at its largest M, with the family the runtime will dispatch to
+    assert [tuning_m(b) for b in (1, 4, 16, 256)] == [1, 4, 16, 256]
+    assert tuning_m(512, [1, 300, 2048]) == 2048 and tuning_m(512) == 512
+    assert kernel_family(tuning_m(m_bucket(3))) == "gemv" and kernel_family(tuning_m(m_bucket(5))) == "gemm"
+
+
+def test_format_granularity_comes_from_the_ir():
+    atoms = {n: word_atom_k(ir.get_format(n)) for n in
+             ("gptq", "awq", "gguf_q4_0", "gguf_q4_k", "gguf_q2_k", "gguf_q8_0", "bnb_nf4", "int3_g128_asym")}
+    # int4 in int32 along K; AWQ packs along N; GGUF byte planes 16/32/32 apart x codes per byte; 3-bit straddle
+    assert atoms == {"gptq": 8, "awq": 1, "gguf_q4_0": 32, "gguf_q4_k": 64, "gguf_q2_k": 128, "gguf_q8_0": 1,
+                     "bnb_nf4": 2, "int3_g128_asym": 32}
+    assert k_groups(ir.get_format("gptq")) == (128,)
+    assert k_groups(ir.get_format("bnb_nf4")) == (64,)      # nested absmax blocks count absmax values, not weights
+    assert k_groups(ir.get_format("gguf_q2_k")) == (16,)
+
+
+@pytest.mark.parametrize("cfg, family, M, N, K, fmt, rule", [
+    (KernelConfig(block_m=16, block_n=64, block_k=8), "gemm", 16, 4096, 4096, "gptq", "family"),
+    (KernelConfig(block_m=8, block_n=64, block_k=64), "gemv", 4, 4096, 4096, "gptq", "family"),
+    (KernelConfig(block_m=1, block_n=64, block_k=64, swap_ab=True), "gemv", 1, 4096, 4096, "gptq", "family"),
+    (KernelConfig(block_m=1, block_n=64, block_k=256, split_k=32), "gemv", 1, 4096, 4096, "gptq", "split-K"),
+    (KernelConfig(block_m=1, block_n=64, block_k=128, split_k=3), "gemv", 1, 4096, 512, "gptq", "split-K"),
+    (KernelConfig(block_m=1, block_n=512, block_k=64, num_warps=8), "gemv", 1, 256, 4096, "gptq", "tile vs problem"),
+    (KernelConfig(block_m=64, block_n=64, block_k=64), "gemm", 16, 4096, 4096, "gptq", "tile vs problem"),
+    (KernelConfig(block_m=1, block_n=64, block_k=32), "gemv", 1, 4096, 4096, "gguf_q4_k", "granularity"),
+    (KernelConfig(block_m=1, block_n=64, block_k=16, num_warps=2), "gemv", 1, 4096, 4096, "gguf_q4_0", "granularity"),
+    (KernelConfig(block_m=128, block_n=256, block_k=256, num_warps=8, num_stages=5), "gemm", 128, 4096, 4096,
+     "gptq", "shared memory"),
+    (KernelConfig(block_m=1, block_n=256, block_k=512, num_warps=4), "gemv", 1, 4096, 4096, "gptq",
+     "register budget"),
+])
+def test_each_rule_rejects(cfg, family, M, N, K, fmt, rule):
+    why = reject_reason(ir.get_format(fmt), SM90, family, M, N, K, cfg)
+    assert why is not None and why.startswith(rule + ":"), why
+
+
+def test_shared_memory_depends_on_the_arch():
+    spec = ir.get_format("gguf_q8_0")   # 8.5 bits per weight: the pipelined packed tiles are large
+    cfg = KernelConfig(block_m=64, block_n=128, block_k=128, num_warps=8, num_stages=5)
+    assert SM86.smem_bytes < smem_bytes(spec, "gemm", 4096, 4096, cfg) <= SM90.smem_bytes
+    assert reject_reason(spec, SM90, "gemm", 64, 4096, 4096, cfg) is None
+    assert reject_reason(spec, SM86, "gemm", 64, 4096, 4096, cfg).startswith("shared memory:")
+    # more warps spread the same tile over more registers
+    small = KernelConfig(block_m=128, block_n=128, block_k=64, num_warps=4)
+    assert live_values_per_thread("gemm", small) == 2 * live_values_per_thread("gemm", KernelConfig(
+        block_m=128, block_n=128, block_k=64, num_warps=8))
+
+
+PROBLEMS = [("gptq", 1, 4096, 4096), ("awq", 16, 4096, 4096), ("gguf_q4_0", 4, 8192, 28672),
+            ("bnb_nf4", 128, 4096, 4096), ("gguf_q4_k", 2, 4096, 4096), ("prefixquant_w4a4", 32, 4096, 4096)]
+
+
+@pytest.mark.parametrize("fmt, M, N, K", PROBLEMS)
+def test_every_kept_candidate_lowers(fmt, M, N, K):
+    """Pruning is at least as strict as codegen: nothing that survives it is refused at build time."""
+    spec = ir.get_format(fmt)
+    kept, rejected = candidates(spec, SM90, M, N, K)
+    family = kernel_family(M)
+    names = list(AXES[("triton", family)])
+    assert kept and rejected
+    assert len(kept) + len(rejected) == len(set(kept) | {c for c, _ in rejected})
+    for c in random.Random(0).sample(kept, min(40, len(kept))):
+        assert reject_reason(spec, SM90, family, M, N, K, c) is None
+        lower(spec, M, N, K, c, "sm90")
+        assert all(getattr(c, n) in AXES[("triton", family)][n] for n in names)
+    if spec.act_quant is not None:
+        assert not any(c.swap_ab for c in kept)
+
+
+def test_search_walks_axis_lines_from_the_default():
+    spec = ir.get_format("gptq")
+    M, N, K = 1, 4096, 4096
+    s = Search(spec, SM90, M, N, K)
+    d = default_config(spec, (M, N, K), "sm90")
+    s.mark([d])
+    first = s.lines(d)
+    assert first and d not in first
+    fields = ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages", "swap_ab")
+    for c in first:
+        assert sum(getattr(c, f) != getattr(d, f) for f in fields) == 1   # one axis changed
+        assert reject_reason(spec, SM90, "gemv", M, N, K, c) is None      # only legal ones are proposed
+    # nearest ladder steps come first
+    ladder = AXES[("triton", "gemv")]["block_n"]
+    steps = [abs(ladder.index(c.block_n) - ladder.index(d.block_n)) for c in first if c.block_n != d.block_n]
+    assert steps and steps == sorted(steps)
+    # nothing is proposed twice
+    again = s.lines(d)
+    assert again == []
+    second = s.lines(first[0])
+    assert not set(second) & set(first) and d not in second

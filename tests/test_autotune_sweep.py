@@ -1,0 +1,150 @@
+"""Sweep driver and command line on the CPU: case planning, resumability, stale re-tuning, `show`, refusals.
+Kernels are stand-ins computing x @ W^T exactly (the interpreted kernels are covered by test_autotune_verify)."""
+import pytest
+import torch
+
+import ir
+from autotune import sweep, verify
+from autotune.__main__ import _backends, main, parse_format, plan_cases, stale_cases
+from autotune.db import HeaderMismatch, db_path, load
+from autotune.sweep import result_table, run_sweep, summary
+
+HEADER = {"gpu": "NVIDIA H100 80GB HBM3", "capability": "9.0", "arch": "sm90", "driver": "580.65", "cuda": "13.0",
+          "torch": "2.11.0+cu130", "triton": "3.6.0", "tvm": None, "quantcc": "0.1.0", "template_hash": "feedface"}
+N, K = 64, 256
+
+
+class Exact:
+    """Stands in for a generated module: x @ W^T with the reference weights of the tensors it is given."""
+
+    KERNEL_NAME = "exact"
+
+    def __init__(self, weights):
+        self.weights = weights
+
+    def run(self, x, tensors, N, bias=None, out=None):
+        out.copy_((x.double() @ self.weights[id(tensors)].T).to(out.dtype))
+        return out
+
+
+@pytest.fixture
+def fake_kernels(monkeypatch):
+    """Every candidate is an exact stand-in (the fake timer calls them all equal); returns the configs built."""
+    built, weights = [], {}
+    orig = verify.Reference.build.__func__
+
+    def build_ref(cls, spec, fmt_arg, n, k, device, seed=0, qt=None):
+        r = orig(cls, spec, fmt_arg, n, k, device, seed, qt)
+        weights[id(r.tensors)] = r.W64
+        return r
+
+    def build(spec, M, n, k, arch, config, family):
+        built.append(config)
+        return Exact(weights)
+
+    monkeypatch.setattr(verify.Reference, "build", classmethod(build_ref))
+    monkeypatch.setattr(sweep, "build_module", build)
+    monkeypatch.setattr(verify, "build_module", build)
+    return built
+
+
+def timer(fn, rep_ms):
+    fn()
+    return 100.0
+
+
+def _sweep(path, header=HEADER, **kw):
+    cases, options = plan_cases(["gptq", "bnb_nf4"], [(N, K)], [1, 16], ["triton"], out=lambda m: None)
+    lines = []
+    rows = run_sweep(cases, header=header, path=path, device="cpu", timer=timer, budget_s=60, options=options,
+                     max_candidates=3, out=lines.append, **kw)
+    return rows, lines
+
+
+def test_plan_cases_and_format_arguments():
+    notes = []
+    cases, options = plan_cases(["gptq", "gptq:bits=3,group_size=64", "gguf_q4_k"], [(4096, 4096), (64, 96)],
+                                [1, 3, 4, 16, 300], ["triton"], out=notes.append)
+    assert options == {"gptq": {}, "gptq:bits=3,group_size=64": {"bits": 3, "group_size": 64}, "gguf_q4_k": {}}
+    by_fmt = {}
+    for c in cases:
+        by_fmt.setdefault(c.fmt_arg, set()).add((c.N, c.K, c.bucket, c.M))
+    # buckets deduplicated (3 and 4 share one), the bucket above 256 tuned at the largest requested M
+    assert by_fmt["gptq"] == {(4096, 4096, b, m) for b, m in ((1, 1), (4, 4), (16, 16), (512, 300))}
+    assert len(notes) == 3 and all("skipping" in n and "64x96" in n for n in notes)  # K=96 fits no group
+    spec, opts = parse_format("gptq:bits=3,group_size=64,sym=true")
+    assert opts == {"bits": 3, "group_size": 64, "sym": True} and spec.key != ir.get_format("gptq").key
+    with pytest.raises(ir.SpecError, match="malformed"):
+        parse_format("gptq:bits")
+    with pytest.raises(ir.SpecError, match="cannot be tuned yet"):
+        _backends("tvm")
+    assert _backends("all") == ["triton"]
+
+
+def test_sweep_writes_resumes_and_retunes_stale(tmp_path, fake_kernels):
+    path = db_path(HEADER["gpu"], tmp_path)
+    rows, lines = _sweep(path)
+    assert len(rows) == 4 and all(r.winner is not None for r in rows)
+    assert "4 to tune" in lines[0] and any(line.startswith("[") and "4/4" in line for line in lines)
+    entries = load(path)["entries"]
+    assert len(entries) == 4
+    for e in entries.values():
+        assert e["tried"] == 3 and e["default"]["us"] == 100.0 and e["us"] == 100.0 and e["family"] in ("gemv", "gemm")
+    # every config that reached the build step is legal (the heuristic default aside)
+    from autotune.prune import reject_reason
+    from codegen.arch import default_config, get_arch, kernel_family
+    for r in rows:
+        c = r.case
+        dflt = default_config(c.spec, (c.M, N, K), "sm90")
+        for cfg in r.trials:
+            assert cfg == dflt or reject_reason(c.spec, get_arch("sm90"), kernel_family(c.M), c.M, N, K, cfg) is None
+    table = result_table(rows)
+    assert "runner-up" in table and "bnb_nf4" in table and "1.00x" in table
+    assert "4/4 cases tuned" in summary(rows, 1.0)
+
+    # resumable: nothing left to do for this machine
+    n_built = len(fake_kernels)
+    rows, lines = _sweep(path)
+    assert rows == [] and "4 already tuned" in lines[0] and len(fake_kernels) == n_built
+
+    # a newer triton: entries are stale, the requested ones are re-tuned, and --retune-stale finds the rest
+    newer = dict(HEADER, triton="3.7.0")
+    assert len(stale_cases(path, newer, out=lambda m: None)[0]) == 4
+    cases, options = plan_cases(["gptq"], [(N, K)], [1, 16], ["triton"])
+    run_sweep(cases, header=newer, path=path, device="cpu", timer=timer, budget_s=60, options=options,
+              max_candidates=2, out=lambda m: None)
+    data = load(path)
+    assert data["header"]["triton"] == "3.6.0"        # bnb_nf4 entries are still from 3.6.0
+    stale, _ = stale_cases(path, newer, out=lambda m: None)
+    assert sorted((c.fmt_arg, c.bucket) for c in stale) == [("bnb_nf4", 1), ("bnb_nf4", 16)]
+
+    # another template hash: refused before anything is tuned, unless --fresh
+    other = dict(HEADER, template_hash="0ddba11")
+    n_built = len(fake_kernels)
+    with pytest.raises(HeaderMismatch, match="--fresh"):
+        _sweep(path, header=other)
+    assert len(fake_kernels) == n_built
+    rows, _ = _sweep(path, header=other, fresh=True)
+    assert len(rows) == 4 and load(path)["header"]["template_hash"] == "0ddba11"
+
+
+def test_cli_show_and_refusals(tmp_path, fake_kernels, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU-only behaviour")
+    assert main(["sweep", "--formats", "gptq", "--shapes", "64,256", "--batches", "1"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    path = db_path(HEADER["gpu"], tmp_path)
+    _sweep(path)
+    assert main(["show", "--db-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "nvidia_h100_80gb_hbm3.json: 4 entries" in out and "template_hash=feedface" in out
+    assert out.count("gptq ") >= 2 and "bnb_nf4" in out
+    assert main(["show", "--db-dir", str(tmp_path), "--gpu", "NVIDIA H100 80GB HBM3"]) == 0
+    capsys.readouterr()
+    assert main(["show", "--db-dir", str(tmp_path), "--gpu", "NVIDIA A100-SXM4-80GB"]) == 1
+    assert "no tuning database" in capsys.readouterr().out
+    path.write_text("{broken")
+    assert main(["show", "--db-dir", str(tmp_path)]) == 1
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["space", "--format", "gguf_q4_0", "--shape", "4096,4096", "--batch", "16"]) == 0
+    assert "legal of" in capsys.readouterr().out
