@@ -100,6 +100,7 @@ class Schedule:
     RN: int
     RK: int
     ACC_COLS: int
+    UNROLL_RK: bool     # unroll the K-slice loop too (gemv rows): more loads in flight, larger code
     fast: str
     tn_expr: str
     tk_expr: str
@@ -125,8 +126,11 @@ def schedule(plan: KernelPlan, config: KernelConfig | None = None) -> Schedule:
     c, lay = config or plan.config, _layout(plan)
     threads = c.num_warps * 32
     BM, BN, BK = c.block_m, c.block_n, c.block_k
-    for vn in _pow2_down(min(lay.vn, BN)):
-        for vk in _pow2_down(min(lay.vk, BK)):
+    spec = json.loads(plan.spec_json)
+    # a vector of VN columns / VK ks never straddles the end of N / K: every legal N, K is a multiple of it
+    vn_max, vk_max = spec["n_multiple"] & -spec["n_multiple"], spec["k_multiple"] & -spec["k_multiple"]
+    for vn in _pow2_down(min(lay.vn, BN, vn_max)):
+        for vk in _pow2_down(min(lay.vk, BK, vk_max)):
             tks = [tk for tk in _pow2_down(threads)
                    if tk * vk <= BK and (threads // tk) * vn <= BN and BM * BN // (threads // tk) <= ACC_MAX]
             if not tks:
@@ -136,7 +140,7 @@ def schedule(plan: KernelPlan, config: KernelConfig | None = None) -> Schedule:
             fast_n = lay.fast == "N"
             return Schedule(
                 BM=BM, BN=BN, BK=BK, SPLIT=c.split_k, THREADS=threads, TN=TN, TK=TK, VN=vn, VK=vk,
-                RN=BN // (TN * vn), RK=BK // (TK * vk), ACC_COLS=BN // TN, fast=lay.fast,
+                RN=BN // (TN * vn), RK=BK // (TK * vk), ACC_COLS=BN // TN, UNROLL_RK=BM <= 4, fast=lay.fast,
                 tn_expr=f"tid % {TN}" if fast_n else f"tid // {TK}",
                 tk_expr=f"tid // {TN}" if fast_n else f"tid % {TK}")
     raise SpecError(f"config {c.label} cannot be tiled by the TVM {plan.family} schedule: {threads} threads over a "
