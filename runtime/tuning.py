@@ -84,7 +84,10 @@ def _load_for(gpu: str, current_json: str, db_dir: str) -> tuple[dict, bool, str
     path = Path(db_dir) / f"{gpu_slug(gpu)}.json"
     if not path.exists():
         return {}, False, f"no tuning database {path}"
-    data = read_db(path)
+    try:
+        data = read_db(path)
+    except ValueError as e:  # a corrupt file must not stop a model from loading: use the heuristic, loudly
+        return {}, False, f"{e}; using the heuristic default configs"
     hard, soft = compare_headers(data.get("header", {}), current)
     if hard:
         return {}, False, f"tuning database {path} ignored (hard mismatch: {'; '.join(hard)})"
