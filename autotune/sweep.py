@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from codegen.arch import default_config, get_arch, kernel_family
+from codegen.env import kernel_template_hash
 from ir import FormatSpec, KernelConfig
 
 from .db import entry_key, is_stale, load_for_write, make_entry, merge_entries
@@ -192,7 +193,8 @@ def entry_for(res: CaseResult, header: dict, options: dict) -> dict:
     c, w, u, d = res.case, res.winner, res.runner_up, res.default
     return make_entry(c.spec.name, options, w.config, w.us, (u.config, u.us) if u else None, header,
                       M=c.M, family=c.family, default={"config": d.config.to_dict(), "us": d.us if d.ok else None},
-                      tried=len(res.trials), failed=res.failed, tuning_s=round(res.seconds, 2))
+                      tried=len(res.trials), failed=res.failed, tuning_s=round(res.seconds, 2),
+                      kernel_hash=kernel_template_hash(f"triton/decode/{c.spec.family}.jinja"))
 
 
 def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer: Timer, budget_s: float,

@@ -11,7 +11,7 @@ from ir import FormatSpec, KernelConfig, SpecError
 
 from . import __version__
 from .arch import default_config, get_arch
-from .env import template_hash
+from .env import kernel_template_hash, template_hash
 from .plan import KernelPlan, lower
 from .triton_backend import render_triton, template_for
 
@@ -87,6 +87,7 @@ def build(spec: FormatSpec, arch: str, out_dir: str | Path, backend: str = "trit
             "template": template_for(plan), "decode_template": plan.decode_template,
             "config": plan.config.to_dict(), "config_key": plan.config.key, "entry_point": "run",
             "tensors": list(plan.tensor_names), "cases": cases,
+            "template_hash": kernel_template_hash(plan.decode_template),
         })
     manifest = {
         "generator": f"quantcc {__version__}", "format": spec.name, "spec": json.loads(spec.to_json()),

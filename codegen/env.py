@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from pathlib import Path
 
 import jinja2
@@ -43,10 +44,33 @@ def render(template: str, **context) -> str:
         raise TemplateError(f"rendering {template}: {e.message} (a template used a variable the plan lacks)") from e
 
 
+SKELETON = ("triton/base.py.jinja", "triton/gemv.py.jinja", "triton/gemm.py.jinja")
+_IMPORT = re.compile(r"""{%-?\s*(?:from|import|extends|include)\s+["']([^"']+)["']""")
+
+
+def _closure(names) -> list[str]:
+    """The named templates plus every template they import, extend or include, sorted."""
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(_IMPORT.findall((TEMPLATE_ROOT / name).read_text()))
+    return sorted(seen)
+
+
+@functools.lru_cache(maxsize=256)
 def template_hash(*names: str) -> str:
-    """sha256 over the named templates and every macro file they may import (all of templates/)."""
+    """sha256 (16 hex) over the named templates and what they import; no names: the shared kernel
+    skeleton (base + gemv + gemm), the part every generated kernel has in common."""
     h = hashlib.sha256()
-    for p in sorted(TEMPLATE_ROOT.rglob("*.jinja")):
-        h.update(p.relative_to(TEMPLATE_ROOT).as_posix().encode())
-        h.update(p.read_bytes())
+    for name in _closure(names or SKELETON):
+        h.update(name.encode())
+        h.update((TEMPLATE_ROOT / name).read_bytes())
     return h.hexdigest()[:16]
+
+
+def kernel_template_hash(decode_template: str) -> str:
+    """What a generated kernel's bytes depend on among the templates: the skeleton and its decode file."""
+    return template_hash(*SKELETON, decode_template)

@@ -14,7 +14,7 @@ from types import ModuleType
 from codegen import __version__
 from codegen.arch import default_config
 from codegen.artifacts import atomic_write
-from codegen.env import template_hash
+from codegen.env import kernel_template_hash
 from codegen.plan import lower
 from codegen.triton_backend import render_triton
 from ir import FormatSpec, KernelConfig
@@ -25,8 +25,8 @@ from .loader import load_kernel_module
 log = logging.getLogger("quantcc.runtime")
 
 
-def _folder(arch: str) -> Path:
-    return cache_dir() / f"v{__version__}" / arch / template_hash()
+def _folder(arch: str, decode_template: str) -> Path:
+    return cache_dir() / f"v{__version__}" / arch / kernel_template_hash(decode_template)
 
 
 @functools.lru_cache(maxsize=512)
@@ -35,7 +35,7 @@ def get_kernel(spec: FormatSpec, M: int, N: int, K: int, arch: str, config: Kern
     """The generated module for (spec, M, N, K, arch, config); `config` defaults to the arch heuristic."""
     config = config or default_config(spec, (M, N, K), arch)
     plan = lower(spec, M, N, K, config, arch, family=family)
-    folder = _folder(arch)
+    folder = _folder(arch, plan.decode_template)
     path = folder / f"{plan.name}.py"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)

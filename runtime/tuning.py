@@ -6,12 +6,15 @@ File: autotune/db/<gpu slug>.json
   "header": {"gpu": str, "capability": "9.0", "driver": str, "cuda": str, "torch": str, "triton": str,
              "tvm": str | null, "quantcc": str, "template_hash": str},
   "entries": {"<spec key>|<backend>|<N>|<K>|<M bucket>": {
-      "format": str, "config": {KernelConfig fields}, "us": float,
+      "format": str, "config": {KernelConfig fields}, "us": float, "kernel_hash": str,
       "runner_up": {"config": {...}, "us": float} | null, "tuned_at": ISO time}}
 }
-On load the header is compared with this machine: another GPU or another template hash is a hard mismatch
-(the file is ignored: its configs were measured for other kernels); another driver/CUDA/torch/triton/quantcc
-version is a soft mismatch (entries are used but marked stale, to be re-tuned)."""
+On load the header is compared with this machine: another GPU or another skeleton template hash is a hard
+mismatch (the file is ignored: its configs were measured for other kernels); another driver/CUDA/torch/
+triton/quantcc version is a soft mismatch (entries are used but marked stale, to be re-tuned). Each entry
+also carries the hash of its kernel's own templates (skeleton + the format family's decode file,
+codegen.env.kernel_template_hash): an entry whose decode templates changed since is ignored, so editing
+one format's decode file does not throw away every other format's tuning."""
 from __future__ import annotations
 
 import functools
@@ -21,6 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from codegen.env import kernel_template_hash
 from ir import FormatSpec, KernelConfig
 
 SCHEMA = 1
@@ -102,6 +106,9 @@ def lookup_config(spec: FormatSpec, N: int, K: int, M: int, header: dict, backen
     """The tuned config for (spec, backend, N, K, bucket(M)) on the GPU `header` describes, or None."""
     entries, stale, note = _load_for(header.get("gpu", ""), json.dumps(header, sort_keys=True), str(db_dir or DB_DIR))
     e = entries.get(entry_key(spec.key, backend, N, K, m_bucket(M)))
+    if e is not None and "kernel_hash" in e and e["kernel_hash"] != kernel_template_hash(f"triton/decode/{spec.family}.jinja"):
+        note = f"tuning entry for {spec.name} N={N} K={K} was measured with other decode templates; re-tune it"
+        e = None
     if e is None:
         if note and note not in _warned:
             _warned.add(note)
