@@ -85,6 +85,8 @@ def parse_args(argv):
     p.add_argument("--no-plots", action="store_true", help="write results.json and results.md only")
     p.add_argument("--rep-ms", type=int, default=40, help="do_bench repetition time per measurement")
     p.add_argument("--eager-iters", type=int, default=20)
+    p.add_argument("--jobs", type=int, default=None, help="worker processes compiling the shard's kernels ahead "
+                                                         "of the timing loop (default: 8 on CUDA, 0 on the CPU)")
     p.add_argument("--no-prefetch", action="store_true", help="do not synthesize the next group's tensors in a "
                                                                 "background thread while this one is timed")
     p.add_argument("--commit", default=None, help="git commit to record (default: git rev-parse HEAD)")
@@ -277,8 +279,9 @@ def _tvm_folder(root: str, name: str, arch: str) -> Path:
     for cand in (Path(root) / f"{name}_{arch}", Path(root) / name):
         if (cand / "manifest.json").is_file():
             return cand
-    raise FileNotFoundError(f"no TVM build for {name} under {root} (expected {name}_{arch}/manifest.json); build "
-                            f"it: python -m codegen build {name} --backend tvm --arch {arch} --out {root}/{name}_{arch}")
+    build = f"python -m codegen build {name} --backend tvm --arch {arch} --out {root}/{name}_{arch}"
+    raise FileNotFoundError(f"no TVM build for {name} under {root} (expected {name}_{arch}/manifest.json); "
+                            f"build it: {build}")
 
 
 def build_kernel(spec, N: int, K: int, M: int, ctx) -> tuple[object, dict]:
@@ -381,6 +384,72 @@ def run_peer(name: str, N: int, K: int, ctx) -> list[dict]:
     return cases
 
 
+# ------------------------------------------------------------------------------------ precompiling
+class _CompileOnly:
+    """Stands in for a generated module's @triton.jit kernel: `kernel[grid](...)` compiles it through Triton's
+    `warmup` (into Triton's on-disk cache) and launches nothing."""
+
+    def __init__(self, jit):
+        self.jit = jit
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.jit.warmup(*args, grid=grid, **kwargs)
+
+
+def compile_only(mod, tensors: dict, M: int, N: int, K: int, device) -> None:
+    """Run the module's host code with its kernel compiled but not launched (same arguments, hence the same
+    Triton specialization and cache entry as the real call)."""
+    name = mod.KERNEL_NAME
+    jit = getattr(mod, name)
+    setattr(mod, name, _CompileOnly(jit))
+    try:
+        x = torch.zeros(M, K, dtype=torch.float16, device=device)
+        mod.run(x, tensors, N, out=torch.empty(M, N, dtype=torch.float16, device=device))
+    finally:
+        setattr(mod, name, jit)
+
+
+def precompile_group(task) -> list[str]:
+    """In a worker process: compile one (format, shape)'s kernels for every M on zero-filled tensors of the
+    schema's shapes, so that the timing process loads them from Triton's cache instead of compiling. Errors
+    are returned, not raised: the timing process meets and reports them itself."""
+    from ir.tensor import torch_dtype
+    from runtime.kernels import get_kernel
+    name, N, K, batches, arch, header = task
+    errors = []
+    try:
+        spec = ir.get_format(name)
+        tensors = {k: torch.zeros(shape, dtype=torch_dtype(dt), device="cuda")
+                   for k, (shape, dt) in spec.tensor_schema(N, K, include_optional=False).items()}
+        for M in batches:
+            try:
+                cfg, _ = choose_config(spec, N, K, M, arch, header, "triton")
+                compile_only(get_kernel(spec, M, N, K, arch, cfg), tensors, M, N, K, "cuda")
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"{name} {N}x{K} M={M}: {type(e).__name__}: {str(e)[:200]}")
+        del tensors
+        torch.cuda.empty_cache()
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"{name} {N}x{K}: {type(e).__name__}: {str(e)[:200]}")
+    return errors
+
+
+def start_precompile(args, items, arch: str, header: dict):
+    """A spawn pool compiling the items' kernels in order, ahead of the timing loop (None when off)."""
+    jobs = args.jobs if args.jobs is not None else 8
+    tasks = [(name, N, K, list(args.batches), arch, header) for kind, name, N, K in items
+             if kind == "quantcc" and args.backend == "triton"]
+    if jobs <= 0 or not tasks:
+        return None, None
+    import multiprocessing
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)))
+        return pool, pool.imap(precompile_group, tasks)
+    except (OSError, RuntimeError) as e:
+        print(f"bench: no precompile workers ({e}); kernels compile in the timing process", flush=True)
+        return None, None
+
+
 # ------------------------------------------------------------------------------------------ the loop
 @dataclasses.dataclass
 class Context:
@@ -448,6 +517,9 @@ def main(argv=None) -> int:
     done = _done_groups(args.skip_done)
     items = [it for it in work_items(args) if it not in done]
     t0 = time.time()
+    workers, _ = start_precompile(args, items, header["arch"], header) if cuda else (None, None)
+    print(f"bench: {len(items)} (format or peer) x shape groups, M in {args.batches}, shard {run_info['shard']}, "
+          f"{workers._processes if workers is not None else 0} precompile workers", flush=True)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)   # synthesizes the next group's tensors
 
     def synth(item):
@@ -490,6 +562,8 @@ def main(argv=None) -> int:
         run_info["elapsed_s"] = round(time.time() - t0, 1)
         write_outputs(out_dir, {"header": header, "runs": [run_info], "cases": cases}, plots=False)
     pool.shutdown(wait=False, cancel_futures=True)
+    if workers is not None:
+        workers.terminate()
     run_info["elapsed_s"] = round(time.time() - t0, 1)
     doc = {"header": header, "runs": [run_info], "cases": cases}
     write_outputs(out_dir, doc, plots=not args.no_plots)

@@ -201,3 +201,32 @@ def test_cli_rejects_unknown_names():
         brun.parse_args(["--peers", "nope"])
     with pytest.raises(SystemExit):
         brun.parse_args(["--shard", "4/3"])
+
+
+def test_compile_only_runs_the_host_code_without_launching(monkeypatch):
+    """The precompile workers' stand-in: the generated module's own run() reaches the kernel with its real
+    arguments, which go to Triton's warmup (compile, no launch); the real kernel object is restored after."""
+    from codegen.arch import default_config
+    from runtime.kernels import get_kernel
+
+    spec = ir.get_format("gptq")
+    N, K, M = 256, 512, 1
+    mod = get_kernel(spec, M, N, K, "sm90", default_config(spec, (M, N, K), "sm90"))
+    calls = []
+
+    class FakeJit:
+        def warmup(self, *args, grid, **kwargs):
+            calls.append((grid, args, kwargs))
+
+    real = getattr(mod, mod.KERNEL_NAME)
+    monkeypatch.setattr(mod, mod.KERNEL_NAME, FakeJit())
+    tensors = {k: torch.zeros(s, dtype=getattr(torch, d)) for k, (s, d) in
+               spec.tensor_schema(N, K, include_optional=False).items()}
+    brun.compile_only(mod, tensors, M, N, K, "cpu")
+    assert len(calls) == 1
+    grid, args, kwargs = calls[0]
+    assert grid[0] == -(-N // mod.CONFIG["block_n"]) and kwargs["num_warps"] == mod.CONFIG["num_warps"]
+    assert isinstance(getattr(mod, mod.KERNEL_NAME), FakeJit)   # restored to what it was
+    monkeypatch.setattr(mod, mod.KERNEL_NAME, real)
+    assert brun.start_precompile(brun.parse_args(["--formats", "gptq", "--jobs", "0"]),
+                                 [("quantcc", "gptq", N, K)], "sm90", {}) == (None, None)
