@@ -189,6 +189,12 @@ class TargetSyntax:
     def tid(self) -> str:  # per-thread index of `local` buffers: CUDA threads own their copy
         return "" if self.kind == "cuda" else "tid, "
 
+    def unroll_by(self, extent: int, factor: int) -> str:
+        """CUDA: `#pragma unroll <factor>` (nvcc's own choice fully unrolls big bodies and spills); llvm: plain."""
+        if self.kind == "cuda" and extent > 1 and factor > 1:
+            return f'T.serial({extent}, annotations={{"pragma_unroll": {min(factor, extent)}}})'
+        return f"T.serial({extent})"
+
     def tid_dims(self, threads: int) -> str:
         return "" if self.kind == "cuda" else f"{threads}, "
 
