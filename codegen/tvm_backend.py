@@ -148,13 +148,70 @@ def schedule(plan: KernelPlan, config: KernelConfig | None = None) -> Schedule:
                     f"needs block_m * block_n <= {ACC_MAX} * min({threads}, block_n); lower block_m or raise block_n")
 
 
+@dataclass(frozen=True, slots=True)
+class MmaSchedule:
+    """Tensor-core gemm: warps side by side along N, each with NT 8-column and MT 16-row mma tiles."""
+    BM: int
+    BN: int
+    BK: int
+    SPLIT: int
+    THREADS: int
+    MT: int
+    NT: int
+    K16: bool       # every legal K is a multiple of 16: a k-step's 16 ks are clamped as one vector
+
+    @property
+    def label(self) -> str:
+        return (f"mma.m16n8k16: {self.THREADS // 32} warps along N x {self.NT} n-tiles, {self.MT} m-tiles, "
+                f"x staged {self.BM}x{self.BK} in shared memory, B fragments decoded per lane")
+
+
+MMA_ACC_MAX = 64     # fp32 accumulator registers per lane
+
+
+def mma_schedule(plan: KernelPlan, config: KernelConfig | None = None) -> MmaSchedule:
+    """The tensor-core schedule of a gemm plan; SpecError (with the reason) when the config does not fit it."""
+    c = config or plan.config
+    warps, threads = c.num_warps, c.num_warps * 32
+    why = []
+    if plan.family != "gemm":
+        why.append("only the gemm family uses mma")
+    if c.block_m % 16 or c.block_k % 16:
+        why.append("block_m and block_k must be multiples of 16")
+    if c.block_n % (8 * warps):
+        why.append(f"block_n must be a multiple of 8 x num_warps = {8 * warps}")
+    if (c.block_m // 16) * max(1, c.block_n // (8 * warps)) * 4 > MMA_ACC_MAX:
+        why.append(f"at most {MMA_ACC_MAX} fp32 accumulators per lane")
+    if (c.block_m * c.block_k) % threads or c.block_m * c.block_k * 2 > STATIC_SMEM_MAX:
+        why.append(f"the {c.block_m}x{c.block_k} x tile must split evenly over {threads} threads and fit 48 KiB")
+    if why:
+        raise SpecError(f"config {c.label} does not fit the TVM mma gemm schedule: {'; '.join(why)}")
+    return MmaSchedule(BM=c.block_m, BN=c.block_n, BK=c.block_k, SPLIT=c.split_k, THREADS=threads,
+                       MT=c.block_m // 16, NT=c.block_n // (8 * warps),
+                       K16=json.loads(plan.spec_json)["k_multiple"] % 16 == 0)
+
+
+def uses_mma(plan: KernelPlan, config: KernelConfig | None = None) -> bool:
+    try:
+        mma_schedule(plan, config)
+        return True
+    except SpecError:
+        return False
+
+
+def schedule_for(plan: KernelPlan) -> Schedule | MmaSchedule:
+    """The schedule the plan's template renders: mma for gemm plans that fit it, else SIMT."""
+    return mma_schedule(plan) if uses_mma(plan) else schedule(plan)
+
+
 def fit_config(plan: KernelPlan) -> KernelConfig:
-    """The plan's config if the schedule can tile it, else the same config with block_m halved until it fits
+    """The plan's config if a schedule can tile it, else the same config with block_m halved until it fits
     (the shared defaults are tuned for Triton's tl.dot, whose tiles the SIMT schedule cannot hold)."""
     c = plan.config
     while True:
         try:
-            schedule(plan, c)
+            if not uses_mma(plan, c):
+                schedule(plan, c)
             return c
         except SpecError:
             if c.block_m == 1:
@@ -205,7 +262,7 @@ class TargetSyntax:
 
 
 def template_for(plan: KernelPlan) -> str:
-    return f"tvm/{plan.family}.py.jinja"
+    return "tvm/gemm_mma.py.jinja" if uses_mma(plan) else f"tvm/{plan.family}.py.jinja"
 
 
 def decode_template_for(plan: KernelPlan) -> str:
@@ -220,7 +277,7 @@ def render_tvm(plan: KernelPlan, target: str = "cuda") -> str:
     """The TVMScript file of a kernel plan: one prim_func per activation dtype."""
     check_supported(plan)
     name = template_for(plan)
-    src = render(name, plan=plan, sched=schedule(plan), tg=TargetSyntax(target), tensors=_tensors(plan),
+    src = render(name, plan=plan, sched=schedule_for(plan), tg=TargetSyntax(target), tensors=_tensors(plan),
                  dtypes=[{"dtype": dt, "symbol": symbol(plan, dt)} for dt, _ in X_DTYPES],
                  decode_template=decode_template_for(plan), template_name=name, template_hash=template_hash(),
                  tvm_version=tvm_compat.TVM_PIN)
@@ -250,7 +307,7 @@ class CpuKernel:
     """A plan built for llvm with the same calling convention as the cubin launcher (tests only)."""
 
     def __init__(self, plan: KernelPlan):
-        self.plan, self.sched = plan, schedule(plan)
+        self.plan, self.sched = plan, schedule_for(plan)
         self.tensors = [t["name"] for t in _tensors(plan)]
         self.lib = tvm_compat.compile_llvm(module_text(render_tvm(plan, "llvm")), plan.name)
 
@@ -375,7 +432,7 @@ def _atomic_write(path: Path, data: str | bytes) -> None:
 
 def launch_metadata(plan: KernelPlan, cuda_src: str, ptxas: dict[str, dict]) -> dict:
     """Everything runtime/cubin.py needs to check arguments and launch, as plain JSON data."""
-    s = schedule(plan)
+    s = schedule_for(plan)
     sigs = kernel_signatures(cuda_src)
     symbols, params = {}, None
     for dt, _ in X_DTYPES:
@@ -410,7 +467,7 @@ def launch_metadata(plan: KernelPlan, cuda_src: str, ptxas: dict[str, dict]) -> 
         "y_dtype": "float32" if s.SPLIT > 1 else "x",
         "zero_init_y": s.SPLIT > 1,
         "x_dtypes": [dt for dt, _ in X_DTYPES],
-        "schedule": asdict(s),
+        "schedule": {"kind": type(s).__name__, "label": s.label, **asdict(s)},
         "tensor_schema": {t.name: {"shape": list(plan.schema_exprs[t.name][0]), "dtype": t.dtype,
                                    "optional": t.optional} for t in plan.tensors},
         "shape_params": plan.spec_params,

@@ -58,7 +58,7 @@ def parse(module_source: str, label: str):
     tvm = _tvm()
     try:
         return tvm.script.from_source(module_source)
-    except tvm.error.DiagnosticError as e:
+    except (tvm.error.DiagnosticError, SyntaxError) as e:
         raise SpecError(f"TVMScript of {label} does not parse:\n{e}") from None
 
 

@@ -59,16 +59,37 @@ def test_decode_macro_is_bit_exact(case, quantized):
     assert torch.equal(W, ir.dequantize(qt)), f"{case}: max |diff| {(W - ir.dequantize(qt)).abs().max():.3g}"
 
 
+def _mma_config(K: int) -> KernelConfig:
+    """A small tensor-core gemm config: 2 warps x 2 n-tiles, split-K when K allows it."""
+    return KernelConfig(block_m=16, block_n=32, block_k=32, split_k=2 if K >= 64 else 1, num_warps=2)
+
+
+def _check_family(qt, family, cfg, Ms, gen, case):
+    N, K = qt.shape
+    plan = lower(qt.spec, Ms[0], N, K, cfg, "sm90", family=family)
+    kern = tb.CpuKernel(plan)
+    for M in Ms:
+        for dtype in (torch.float16, torch.bfloat16):
+            err = check_kernel(kern, qt, M, dtype, gen, bias=M in (3, 33))
+            assert err < REL_TOL[dtype], f"{case} {tb.template_for(plan)} M={M} {dtype}: rel err {err:.2e}"
+    return plan
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernels_match_reference_on_llvm(case, quantized, gen):
-    qt, gemv, gemm = quantized(case)
-    N, K = qt.shape
-    for family, cfg, Ms in (("gemv", gemv, (1, 3)), ("gemm", gemm, (16, 33))):
-        kern = tb.CpuKernel(lower(qt.spec, Ms[0], N, K, cfg, "sm90", family=family))
-        for M in Ms:
-            for dtype in (torch.float16, torch.bfloat16):
-                err = check_kernel(kern, qt, M, dtype, gen, bias=M in (3, 33))
-                assert err < REL_TOL[dtype], f"{case} {family} M={M} {dtype}: rel err {err:.2e}"
+    """gemv (SIMT) for M in {1, 3}; the tensor-core gemm, its mma emulated per warp on llvm, for M in {16, 33}."""
+    qt, gemv, _ = quantized(case)
+    assert tb.template_for(_check_family(qt, "gemv", gemv, (1, 3), gen, case)) == "tvm/gemv.py.jinja"
+    mma = _check_family(qt, "gemm", _mma_config(qt.shape[1]), (16, 33), gen, case)
+    assert tb.template_for(mma) == "tvm/gemm_mma.py.jinja"
+
+
+@pytest.mark.parametrize("case", ["gptq[b3,v1]", "awq", "eqat_w3g128", "gguf_q4_k", "bnb_nf4"])
+def test_simt_gemm_fallback_matches_reference_on_llvm(case, quantized, gen):
+    """Configs the mma schedule cannot tile (block_n < 8 x warps) fall back to the SIMT gemm."""
+    qt, _, gemm = quantized(case)
+    plan = _check_family(qt, "gemm", gemm, (16, 33), gen, case)
+    assert tb.template_for(plan) == "tvm/gemm.py.jinja"
 
 
 def test_schedule_layouts_and_refusals():
@@ -102,6 +123,11 @@ def test_cuda_source_and_launch_metadata(name):
     assert {"x", "y", "bias", "has_bias"} <= set(names) and set(names) <= {"x", "y", "bias", "M", "N", "K", "has_bias",
                                                                          *plan.tensor_names}
     assert (gemv.split_k > 1) == ("atomic_add" in cuda) == meta["zero_init_y"]
+    mma = lower(spec, 16, N, K, _mma_config(K), "sm90", family="gemm")
+    cuda = tvm_compat.compile_cuda(tb.module_text(tb.render_tvm(mma, "cuda")), mma.name, "sm_90a")
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in cuda
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in cuda
+    assert tb.launch_metadata(mma, cuda, {})["block"] == [64, 1, 1]
 
 
 def _launcher_entry(tmp_path):
