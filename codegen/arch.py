@@ -90,8 +90,9 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
     target = 2 * a.sms if block_m <= 16 else a.sms
     split = _fill_split(-(-N // block_n) * -(-M // block_m), K, block_k, target)
     swap = block_m > 16 and spec.act_quant is None
-    # 3 stages of a 128x128 x tile plus the decoded tile overflow the 227 KiB of an H100/H200 block for
-    # formats without a fast path (awq at M=300 needed 266 KB), so large-M tiles get 2 stages by default
-    stages = 3 if block_m <= 64 else 2
+    # Formats without a fast decode path pipeline many gathered loads: with 3 stages their tiles overflow the
+    # 227 KiB of an H100/H200 block (awq at M=300 needed 266 KB, int3 at M=16 319 KB), so the default is
+    # 2 stages; the autotuner tries deeper pipelines where they fit.
+    stages = 2
     return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split, num_warps=4,
                         num_stages=stages, swap_ab=swap)

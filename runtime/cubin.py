@@ -60,12 +60,16 @@ class CubinKernel:
         self.needed = {p["name"] for p in self.meta["params"] if p["kind"] == "pointer"} - {"x", "y", "bias"}
         self._kernels: dict = {}
         self._devices: dict = {}
+        self._shapes: dict = {}
 
     # -- checks -------------------------------------------------------------------------------------------
     def expected_shapes(self, N: int, K: int) -> dict[str, tuple[tuple[int, ...], str]]:
-        env = dict(self.meta["shape_params"], N=N, K=K)
-        return {name: (tuple(_eval(e, env) for e in f["shape"]), f["dtype"])
-                for name, f in self.meta["tensor_schema"].items()}
+        """{tensor: (shape, dtype)} of the canonical tensors for (N, K), evaluated once per (N, K)."""
+        if (N, K) not in self._shapes:
+            env = dict(self.meta["shape_params"], N=N, K=K)
+            self._shapes[(N, K)] = {name: (tuple(_eval(e, env) for e in f["shape"]), f["dtype"])
+                                    for name, f in self.meta["tensor_schema"].items()}
+        return self._shapes[(N, K)]
 
     def check(self, x, tensors: dict, N: int, bias=None, out=None) -> None:
         """Raise TypeError / KeyError / ValueError naming the first bad argument."""
