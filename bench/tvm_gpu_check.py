@@ -74,13 +74,16 @@ def check_folder(folder: Path, batches: list[int] | None, dev: torch.device) -> 
                 out = torch.empty((M, N), device=dev, dtype=torch.float16)
                 row["tvm_us"] = time_us(lambda: kern(x, tensors, N, out=out))
                 row["tvm_eager_us"] = time_eager_us(lambda: kern(x, tensors, N, out=out))
-                tname, tmod = _triton_for(folder, manifest, case)
-                if tmod is not None:
-                    y_t = torch.empty_like(out)
-                    tmod.run(x, tensors, N, out=y_t)
-                    row["triton_kernel"] = tname
-                    row["triton_rel_err_f16"] = _rel_err(y_t, reference_matmul(qt, x, W))
-                    row["triton_us"] = time_us(lambda: tmod.run(x, tensors, N, out=y_t))
+                try:  # the Triton kernel of the same case, when the folder has one; its failure is its own
+                    tname, tmod = _triton_for(folder, manifest, case)
+                    if tmod is not None:
+                        y_t = torch.empty_like(out)
+                        tmod.run(x, tensors, N, out=y_t)
+                        row["triton_kernel"] = tname
+                        row["triton_rel_err_f16"] = _rel_err(y_t, reference_matmul(qt, x, W))
+                        row["triton_us"] = time_us(lambda: tmod.run(x, tensors, N, out=y_t))
+                except Exception as e:
+                    row["triton_error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 Wh = W.to(torch.float16)
                 row["fp16_us"] = time_us(lambda: torch.nn.functional.linear(x, Wh))
                 nbytes = sum(v.numel() * v.element_size() for v in tensors.values()) + M * K * 2 + M * N * 2
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
         if "error" in r:
             print(f"{head} ERROR {r['error'][:120]}")
             continue
-        tri = f"{r['triton_us']:9.1f}" if "triton_us" in r else f"{'-':>9s}"
+        tri = f"{r['triton_us']:9.1f}" if "triton_us" in r else f"{'error' if 'triton_error' in r else '-':>9s}"
         print(f"{head} {r['rel_err_f16']:8.1e} {r['rel_err_bf16']:8.1e} {r['tvm_us']:8.1f} {r['tvm_eager_us']:7.1f} "
               f"{tri} {r['fp16_us']:8.1f} {r['tvm_tbps']:8.2f}  {r['kernel']}"
               f"{'' if r['ok_f16'] and r['ok_bf16'] else '  <-- WRONG'}")
