@@ -2,7 +2,7 @@
 # kernel:   higgs_p2_b4_b4_g256_4aee09c0_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p2_b4   spec key: 4aee09c08533e577ddf8a2ab9579ba708b4f1cb3333706f387475d48bffddc5f
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 246a20edab190206
+# arch:     sm90   family: gemv   template hash: fc761f8aac92107f
 """higgs_p2_b4_b4_g256_4aee09c0_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p2_b4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -151,13 +151,17 @@ def _check(x, tensors, N, bias, out):
         raise ValueError(f"{KERNEL_NAME}: out must be a contiguous {x.dtype} tensor of shape {(*x.shape[:-1], N)}")
 
 
-def _hadamard(v, size, normalized):
-    """Sylvester Hadamard over consecutive blocks of `size` along the last dim (fp32 math)."""
-    H = torch.ones(1, 1, dtype=torch.float32, device=v.device)
+@functools.lru_cache(maxsize=8)
+def _hadamard_matrix(size, normalized, device):
+    H = torch.ones(1, 1, dtype=torch.float32, device=device)
     while H.shape[0] < size:
         H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
-    if normalized:
-        H = H / size ** 0.5
+    return H / size ** 0.5 if normalized else H
+
+
+def _hadamard(v, size, normalized):
+    """Sylvester Hadamard over consecutive blocks of `size` along the last dim (fp32 math)."""
+    H = _hadamard_matrix(size, normalized, v.device)
     d = v.shape[-1]
     return (v.float().reshape(*v.shape[:-1], d // size, size) @ H).reshape(v.shape).to(v.dtype)
 

@@ -2,7 +2,7 @@
 # kernel:   matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2
 # format:   matryoshka   spec key: 4f15f60e02660ae36156d490d7495a7f2b8d0b03d6aa5b5a3815a76abb0cc490
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 32142ae03eba557f
+# arch:     sm90   family: gemv   template hash: d1f6a44be3700a71
 """matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `matryoshka` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -12,6 +12,7 @@ Entry point: `run(x, tensors, N, bias=None, out=None)`.
 Returns y of shape (..., N) in x's dtype (written into `out` when given).
 Imports only torch and triton.
 """
+import functools
 import json
 import os
 
@@ -121,6 +122,7 @@ _SCHEMA = {'qweight': (('(K + fields_per_word - 1) // fields_per_word', 'N'), 'i
 _OPTIONAL = ()
 
 
+@functools.lru_cache(maxsize=64)
 def _expected_shapes(N, K):
     env = dict(_SCHEMA_PARAMS, N=N, K=K)
     return {name: (tuple(int(eval(e, {"__builtins__": {}}, env)) for e in shape), dtype)

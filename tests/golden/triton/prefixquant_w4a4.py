@@ -2,7 +2,7 @@
 # kernel:   prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2
 # format:   prefixquant_w4a4   spec key: 7f274e29a48a6aabe7c7bea3bea89acbb17aa49e5bdd8ccb558de72fc7b805fe
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 32142ae03eba557f
+# arch:     sm90   family: gemv   template hash: b422696486f41540
 """prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `prefixquant_w4a4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -12,6 +12,7 @@ Entry point: `run(x, tensors, N, bias=None, out=None)`.
 Returns y of shape (..., N) in x's dtype (written into `out` when given).
 Imports only torch and triton.
 """
+import functools
 import json
 import os
 
@@ -127,6 +128,7 @@ _SCHEMA = {'qweight': (('N', 'K // 8'), 'int32'), 'weight_scale': (('N',), 'floa
 _OPTIONAL = ()
 
 
+@functools.lru_cache(maxsize=64)
 def _expected_shapes(N, K):
     env = dict(_SCHEMA_PARAMS, N=N, K=K)
     return {name: (tuple(int(eval(e, {"__builtins__": {}}, env)) for e in shape), dtype)

@@ -2,7 +2,7 @@
 # kernel:   vptq_v8_k4096_gk_49b6bbfb_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v8_k4096   spec key: 49b6bbfb85a5a9c08155f494a9f91f2dfdc3078c6cf965fc09db250d2c6d9a10
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 246a20edab190206
+# arch:     sm90   family: gemv   template hash: 60adb3c29b0ca9ae
 """vptq_v8_k4096_gk_49b6bbfb_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v8_k4096` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -176,13 +176,17 @@ def _check(x, tensors, N, bias, out):
         raise ValueError(f"{KERNEL_NAME}: out must be a contiguous {x.dtype} tensor of shape {(*x.shape[:-1], N)}")
 
 
-def _hadamard(v, size, normalized):
-    """Sylvester Hadamard over consecutive blocks of `size` along the last dim (fp32 math)."""
-    H = torch.ones(1, 1, dtype=torch.float32, device=v.device)
+@functools.lru_cache(maxsize=8)
+def _hadamard_matrix(size, normalized, device):
+    H = torch.ones(1, 1, dtype=torch.float32, device=device)
     while H.shape[0] < size:
         H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
-    if normalized:
-        H = H / size ** 0.5
+    return H / size ** 0.5 if normalized else H
+
+
+def _hadamard(v, size, normalized):
+    """Sylvester Hadamard over consecutive blocks of `size` along the last dim (fp32 math)."""
+    H = _hadamard_matrix(size, normalized, v.device)
     d = v.shape[-1]
     return (v.float().reshape(*v.shape[:-1], d // size, size) @ H).reshape(v.shape).to(v.dtype)
 
@@ -191,13 +195,13 @@ def run(x, tensors, N, bias=None, out=None):
     """y = x @ W^T (+ bias) with W stored in `vptq_v8_k4096`'s canonical layout; see the module docstring."""
     _check(x, tensors, N, bias, out)
     t = dict(tensors)
-    if x.shape[-1] > 32768:  # the int16 perm holds uint16 values: widen them so that x[:, perm] indexes right
-        t["perm"] = t["perm"].to(torch.int64) & 0xFFFF
-
     K = x.shape[-1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
-    x2 = x2[:, t['perm'].long()]
+    perm = t['perm'].long()
+    if t['perm'].dtype == torch.int16:
+        perm = perm & 0xFFFF  # uint16 indices stored in int16 (K up to 65536)
+    x2 = x2[:, perm]
     x2 = x2.contiguous()
     M = x2.shape[0]
     split_k = CONFIG["split_k"]

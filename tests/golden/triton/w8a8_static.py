@@ -2,7 +2,7 @@
 # kernel:   w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2
 # format:   w8a8_static   spec key: 562c451e196a55d77861afdbdfb154809dacd5e00897483e1752f085d8fa6bbd
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 32142ae03eba557f
+# arch:     sm90   family: gemv   template hash: 8aa260317b3e8e3d
 """w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `w8a8_static` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -12,6 +12,7 @@ Entry point: `run(x, tensors, N, bias=None, out=None)`.
 Returns y of shape (..., N) in x's dtype (written into `out` when given).
 Imports only torch and triton.
 """
+import functools
 import json
 import os
 
@@ -101,6 +102,7 @@ _SCHEMA = {'weight': (('N', 'K'), 'int8'), 'weight_scale': (('N',), 'float32'), 
 _OPTIONAL = ()
 
 
+@functools.lru_cache(maxsize=64)
 def _expected_shapes(N, K):
     env = dict(_SCHEMA_PARAMS, N=N, K=K)
     return {name: (tuple(int(eval(e, {"__builtins__": {}}, env)) for e in shape), dtype)

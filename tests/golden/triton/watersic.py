@@ -2,7 +2,7 @@
 # kernel:   watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2
 # format:   watersic   spec key: 127da52259b03e292b8cee1b54d406ac5bfe785bb7db140f636538beef2c3ef9
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 32142ae03eba557f
+# arch:     sm90   family: gemv   template hash: b9acebaa23a47966
 """watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `watersic` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -12,6 +12,7 @@ Entry point: `run(x, tensors, N, bias=None, out=None)`.
 Returns y of shape (..., N) in x's dtype (written into `out` when given).
 Imports only torch and triton.
 """
+import functools
 import json
 import os
 
@@ -114,6 +115,7 @@ _SCHEMA = {'qweight': (('N', '(K + fields_per_word - 1) // fields_per_word'), 'i
 _OPTIONAL = ()
 
 
+@functools.lru_cache(maxsize=64)
 def _expected_shapes(N, K):
     env = dict(_SCHEMA_PARAMS, N=N, K=K)
     return {name: (tuple(int(eval(e, {"__builtins__": {}}, env)) for e in shape), dtype)
@@ -144,13 +146,17 @@ def _check(x, tensors, N, bias, out):
         raise ValueError(f"{KERNEL_NAME}: out must be a contiguous {x.dtype} tensor of shape {(*x.shape[:-1], N)}")
 
 
-def _hadamard(v, size, normalized):
-    """Sylvester Hadamard over consecutive blocks of `size` along the last dim (fp32 math)."""
-    H = torch.ones(1, 1, dtype=torch.float32, device=v.device)
+@functools.lru_cache(maxsize=8)
+def _hadamard_matrix(size, normalized, device):
+    H = torch.ones(1, 1, dtype=torch.float32, device=device)
     while H.shape[0] < size:
         H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
-    if normalized:
-        H = H / size ** 0.5
+    return H / size ** 0.5 if normalized else H
+
+
+def _hadamard(v, size, normalized):
+    """Sylvester Hadamard over consecutive blocks of `size` along the last dim (fp32 math)."""
+    H = _hadamard_matrix(size, normalized, v.device)
     d = v.shape[-1]
     return (v.float().reshape(*v.shape[:-1], d // size, size) @ H).reshape(v.shape).to(v.dtype)
 
