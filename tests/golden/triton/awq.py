@@ -2,7 +2,7 @@
 # kernel:   awq_b4_g128_f8fa7c06_sm90_gemv_m1n64k128s1w4p2
 # format:   awq   spec key: f8fa7c068b05902b2e55fcd75695079ea22898aaca4c686166ecf589ea1a9dbc
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 779fd169d4d24a6d
+# arch:     sm90   family: gemv   template hash: c8319faab60edb55
 """awq_b4_g128_f8fa7c06_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `awq` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -71,6 +71,54 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr, ):
 
 
 @triton.jit
+def decode_tile_fast(qweight_ptr, qzeros_ptr, scales_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 8
+    GS: tl.constexpr = GROUP_SIZE
+    WN = tl.cdiv(N, PER)
+    wcol = tl.min(offs_n, axis=0) // PER + tl.arange(0, BLOCK_N // PER)  # offs_n is n0 + arange(BLOCK_N)
+    kk = k0 + tl.arange(0, BLOCK_K)
+    wmask = (kk[:, None] < K) & (wcol[None, :] < WN)
+    words = tl.load(qweight_ptr + kk[:, None] * WN + wcol[None, :], mask=wmask, other=0)
+    c = tl.arange(0, PER)
+    shifts = tl.where(c == 0, 0, tl.where(c == 1, 16, tl.where(c == 2, 4, tl.where(c == 3, 20, tl.where(c == 4, 8, tl.where(c == 5, 24, tl.where(c == 6, 12, 28)))))))
+    q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 15, (BLOCK_K, BLOCK_N))
+    g = (kk // GS)[:, None]
+    gs = g
+    zmask = (g < tl.cdiv(K, GS)) & (wcol[None, :] < WN)
+    zw = tl.load(qzeros_ptr + g * WN + wcol[None, :], mask=zmask, other=0)
+    z = tl.reshape((zw[:, :, None] >> shifts[None, None, :]) & 15, (BLOCK_K, BLOCK_N))
+    s = tl.load(scales_ptr + gs * N + offs_n[None, :], mask=(gs < tl.cdiv(K, GS)) & mask_n[None, :], other=0.0)
+    return ((q - z).to(tl.float16) * s).to(tl.float32)
+
+
+
+
+@triton.jit
+def decode_parts_fast(qweight_ptr, qzeros_ptr, scales_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 8
+    GS: tl.constexpr = GROUP_SIZE
+    WN = tl.cdiv(N, PER)
+    wcol = tl.min(offs_n, axis=0) // PER + tl.arange(0, BLOCK_N // PER)  # offs_n is n0 + arange(BLOCK_N)
+    kk = k0 + tl.arange(0, BLOCK_K)
+    wmask = (kk[:, None] < K) & (wcol[None, :] < WN)
+    words = tl.load(qweight_ptr + kk[:, None] * WN + wcol[None, :], mask=wmask, other=0)
+    c = tl.arange(0, PER)
+    shifts = tl.where(c == 0, 0, tl.where(c == 1, 16, tl.where(c == 2, 4, tl.where(c == 3, 20, tl.where(c == 4, 8, tl.where(c == 5, 24, tl.where(c == 6, 12, 28)))))))
+    q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 15, (BLOCK_K, BLOCK_N))
+    g = k0 // GS + tl.zeros((1, BLOCK_N // PER), dtype=tl.int32)
+    gs = k0 // GS + tl.zeros((1, BLOCK_N), dtype=tl.int32)
+    zmask = (g < tl.cdiv(K, GS)) & (wcol[None, :] < WN)
+    zw = tl.load(qzeros_ptr + g * WN + wcol[None, :], mask=zmask, other=0)
+    z = tl.reshape((zw[:, :, None] >> shifts[None, None, :]) & 15, (1, BLOCK_N))
+    s = tl.load(scales_ptr + gs * N + offs_n[None, :], mask=(gs < tl.cdiv(K, GS)) & mask_n[None, :], other=0.0)
+    return q.to(tl.float32), s.to(tl.float32), z.to(tl.float32)
+
+
+
+
+@triton.jit
 def awq_b4_g128_f8fa7c06_sm90_gemv_m1n64k128s1w4p2(
     x_ptr, y_ptr, bias_ptr,
     qweight_ptr,
@@ -96,15 +144,14 @@ def awq_b4_g128_f8fa7c06_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-qweight_ptr, qzeros_ptr, scales_ptr, offs_k, offs_n, w_mask, N, K,
-BITS, GROUP_SIZE, SYM, 
+        q, s, z = decode_parts_fast(
+qweight_ptr, qzeros_ptr, scales_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+BITS, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
+        xf = x.to(tl.float32)
+        acc += s * (tl.sum(xf[:, :, None] * q[None, :, :], axis=1) - z * tl.sum(xf, axis=1)[:, None])
     # epilogue
     out = acc
     if HAS_BIAS:
