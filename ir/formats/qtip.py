@@ -251,6 +251,18 @@ class QtipCodec:
         out["SV"] = (sv * scale).to(torch.float32)
         return out
 
+    def synthetic(self, spec: FormatSpec, N: int, K: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Valid random tensors without the Viterbi search: any words are one tail-biting path; the
+        encoder's fixed HYB table; random signs SU; SV random signs times 0.02 (a typical scale)."""
+        _check_dims(spec, N, K)
+        shape, _ = spec.tensor_schema(N, K)["trellis"]
+        out = {"trellis": torch.randint(-2 ** 15, 2 ** 15, shape, generator=gen, dtype=torch.int16)}
+        if spec.param("code") == "hyb":
+            out["tlut"] = fixed_tlut(spec.param("tlut_bits"), spec.param("V"))
+        out["SU"] = torch.where(torch.rand(K, generator=gen) < 0.5, -1.0, 1.0).to(torch.float16)
+        out["SV"] = torch.where(torch.rand(N, generator=gen) < 0.5, -0.02, 0.02)
+        return out
+
     def dequantize(self, spec: FormatSpec, tensors: dict[str, torch.Tensor], N: int, K: int) -> torch.Tensor:
         _check_dims(spec, N, K)
         What = decode_tiles(spec, tensors["trellis"], N, K, tensors.get("tlut")).to(torch.float64)
