@@ -20,7 +20,7 @@ def apply_input_transforms(qt: QuantizedTensor, x: torch.Tensor) -> torch.Tensor
         if tr.side != "input" or tr.placement != "online":
             continue
         if tr.kind == "hadamard":
-            x = block_hadamard(x.float(), tr.size, tr.normalized).to(x.dtype)
+            x = block_hadamard(x.float(), tr.size or x.shape[-1], tr.normalized).to(x.dtype)
         elif tr.kind == "permutation":
             x = x[..., qt.tensors[tr.tensor].long().to(x.device)]
         else:

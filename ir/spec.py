@@ -206,8 +206,9 @@ class ScaleLevel(_Keyed):
 
 @dataclass(frozen=True, slots=True)
 class Transform(_Keyed):
-    """hadamard (size, normalized), signs (a stored sign/scale vector), permutation (a stored
-    index vector), col_scale (a per-input-column multiplier folded into activations)."""
+    """hadamard (blocks of `size`, normalized; size 0 = the whole dimension on that side, which must
+    then be a power of two), signs (a stored sign/scale vector), permutation (a stored index vector),
+    col_scale (a per-input-column multiplier folded into activations)."""
 
     kind: str
     side: str = "input"
@@ -221,8 +222,8 @@ class Transform(_Keyed):
         _choice("Transform", "side", self.side, SIDES)
         _choice("Transform", "placement", self.placement, PLACEMENTS)
         _pos_int("Transform", "size", self.size, allow_zero=True)
-        if self.kind == "hadamard" and (self.size <= 0 or self.size & (self.size - 1)):
-            _fail("Transform", "size", self.size, "a power of two Hadamard block size")
+        if self.kind == "hadamard" and self.size & (self.size - 1):
+            _fail("Transform", "size", self.size, "a power of two Hadamard block size, or 0 for the whole dimension")
         if self.kind in ("signs", "permutation", "col_scale") and not self.tensor:
             _fail("Transform", "tensor", self.tensor, f"the name of the stored tensor a {self.kind} transform reads")
 
@@ -312,6 +313,12 @@ class FormatSpec(_Keyed):
             raise SpecError(
                 f"{self.name}: N = {N} (out_features) is not a multiple of {self.n_multiple} "
                 f"({self._why('N')}); pad N to {-(-N // self.n_multiple) * self.n_multiple}")
+        for t in self.transforms:  # a whole-dimension Hadamard needs a power-of-two dimension
+            if t.kind == "hadamard" and t.size == 0:
+                dim, v = ("K", K) if t.side == "input" else ("N", N)
+                if v & (v - 1):
+                    raise SpecError(f"{self.name}: {dim} = {v} is not a power of two, which the {t.side}-side "
+                                    f"Hadamard over the whole dimension needs (sizes 2^k * 12, 20, ... are not supported)")
 
     def _why(self, dim: str) -> str:
         return self.param(f"{dim.lower()}_multiple_reason", "the format's block/packing granularity")

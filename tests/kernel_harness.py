@@ -29,6 +29,12 @@ def small_problem(spec) -> tuple[int, int, KernelConfig, KernelConfig]:
     km, nm = spec.k_multiple, spec.n_multiple
     K = 3 * km if km >= 32 else km * math.ceil(96 / km)
     N = 3 * nm if nm >= 16 else nm * math.ceil(40 / nm)
+    for t in spec.transforms:  # whole-dimension Hadamards need power-of-two dimensions
+        if t.kind == "hadamard" and t.size == 0:
+            if t.side == "input":
+                K = _pow2_at_least(max(km, 128))
+            else:
+                N = _pow2_at_least(max(nm, 32))
     block_k = min(256, _pow2_at_least(K) // 2) if K % 64 == 0 else 64
     block_k = max(block_k, 32)
     gemv = KernelConfig(block_m=4, block_n=16, block_k=block_k, split_k=2 if K >= 2 * block_k else 1,
@@ -46,10 +52,11 @@ def kernel_module(spec, family: str, M: int, N: int, K: int, config: KernelConfi
 
 
 def check_kernel(module, qt, M: int, dtype: torch.dtype, gen: torch.Generator, bias: bool = False,
-                 device: str = "cpu") -> float:
-    """Run the kernel on NaN-prefilled output and return ||y - ref|| / ||ref|| (ref: ir.reference)."""
+                 device: str = "cpu", x: torch.Tensor | None = None) -> float:
+    """Run the kernel on NaN-prefilled output and return ||y - ref|| / ||ref|| (ref: ir.reference).
+    x defaults to fresh Gaussian activations."""
     N, K = qt.shape
-    x = (torch.randn(M, K, generator=gen) * 0.5).to(dtype)
+    x = (torch.randn(M, K, generator=gen) * 0.5 if x is None else x).to(dtype)
     b = (torch.randn(N, generator=gen) * 0.1).to(dtype) if bias else None
     ref = reference_matmul(qt, x) + (b.to(torch.float64) if bias else 0.0)
     out = torch.full((M, N), float("nan"), dtype=dtype, device=device)

@@ -18,17 +18,16 @@ ordinary activations needs a GPU.
 """
 import dataclasses
 
-from ir.reference import reference_matmul
-
 import pytest
 import torch
 
 import ir
 from ir.actquant import quantize_activation_ref
 from ir.hadamard import block_hadamard
+from ir.reference import reference_matmul
 from ir.synthetic import synthetic_quantized
 from ir.tensor import QuantizedTensor
-from kernel_harness import REL_TOL, kernel_module, small_problem
+from kernel_harness import REL_TOL, check_kernel, kernel_module, small_problem
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = (torch.float16, torch.bfloat16)
@@ -61,23 +60,11 @@ def ref_forward(qt, x: torch.Tensor) -> torch.Tensor:
 def check(qt, M: int, dtype: torch.dtype, gen: torch.Generator, x: torch.Tensor | None = None,
           bias: bool = False, swap_ab: bool = False) -> float:
     """Generate, run on a NaN-prefilled `out`, return ||y - ref|| / ||ref||."""
-    spec = qt.spec
     N, K = qt.shape
-    _, _, gemv, gemm = small_problem(spec)
+    _, _, gemv, gemm = small_problem(qt.spec)
     family, cfg = ("gemv", gemv) if M <= 4 else ("gemm", dataclasses.replace(gemm, swap_ab=swap_ab))
-    mod = kernel_module(spec, family, M, N, K, cfg)
-    if x is None:
-        x = torch.randn(M, K, generator=gen) * 0.5
-    x = x.to(dtype)
-    b = (torch.randn(N, generator=gen) * 0.1).to(dtype) if bias else None
-    ref = ref_forward(qt, x) + (b.to(torch.float64) if bias else 0.0)
-    out = torch.full((M, N), float("nan"), dtype=dtype, device=DEVICE)
-    tensors = {k: v.to(DEVICE) for k, v in qt.tensors.items()}
-    y = mod.run(x.to(DEVICE), tensors, N, bias=b.to(DEVICE) if bias else None, out=out)
-    assert y.data_ptr() == out.data_ptr()
-    y = y.cpu().to(torch.float64)
-    assert not torch.isnan(y).any(), "kernel left unwritten (NaN) outputs"
-    return ((y - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+    mod = kernel_module(qt.spec, family, M, N, K, cfg)
+    return check_kernel(mod, qt, M, dtype, gen, bias=bias, device=DEVICE, x=x)
 
 
 def _quantized(name, opts, calib, gen):

@@ -93,7 +93,7 @@ def pack_codes(codes: torch.Tensor, nbits: int) -> torch.Tensor:
 
 def dequantize_aqlm(spec: FormatSpec, t: dict[str, torch.Tensor], N: int, K: int) -> torch.Tensor:
     p = dict(spec.params)
-    og, ig, M = p["out_group_size"], p["in_group_size"], p["num_codebooks"]
+    M = p["num_codebooks"]
     codes = unpack_codes(t["codes"], p["nbits"])
     books = t["codebooks"].to(torch.float32)
     blocks = sum(gather_decode(books[m], codes[..., m]) for m in range(M))  # [N/og, K/ig, og, ig], fp32 sum

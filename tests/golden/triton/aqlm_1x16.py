@@ -2,7 +2,7 @@
 # kernel:   aqlm_1x16_c76a89a1_sm90_gemv_m1n64k128s1w4p2
 # format:   aqlm_1x16   spec key: c76a89a1b1dbe31484c52bdd5b01b6bfcf488c3e4aedb65bff372b6da06b4c88
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 82a9d6bb443207da
+# arch:     sm90   family: gemv   template hash: 51243a56c29e1df8
 """aqlm_1x16_c76a89a1_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `aqlm_1x16` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -159,7 +159,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('codebooks', dummy), t.get('codes', dummy), t.get('scales', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 IN_GROUP_SIZE=IN_GROUP_SIZE, NBITS=NBITS, NUM_CODEBOOKS=NUM_CODEBOOKS, OUT_GROUP_SIZE=OUT_GROUP_SIZE, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

@@ -2,7 +2,7 @@
 # kernel:   awq_b4_g128_f8fa7c06_sm90_gemv_m1n64k128s1w4p2
 # format:   awq   spec key: f8fa7c068b05902b2e55fcd75695079ea22898aaca4c686166ecf589ea1a9dbc
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: c8319faab60edb55
+# arch:     sm90   family: gemv   template hash: 9a14dd7249693b7d
 """awq_b4_g128_f8fa7c06_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `awq` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -224,7 +224,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('qweight', dummy), t.get('qzeros', dummy), t.get('scales', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 BITS=BITS, GROUP_SIZE=GROUP_SIZE, SYM=SYM, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

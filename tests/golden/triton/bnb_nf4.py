@@ -2,7 +2,7 @@
 # kernel:   bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_nf4   spec key: 9a29cc1de6539bdda5423ea84d6003caf87264dc9d1efa33ad520f055ffb0705
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: eba4444ef651e5e9
+# arch:     sm90   family: gemv   template hash: 853505480264cb91
 """bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_nf4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -176,7 +176,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('weight', dummy), t.get('absmax', dummy), t.get('quant_map', dummy), t.get('nested_absmax', dummy), t.get('nested_quant_map', dummy), t.get('nested_offset', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 BLOCKSIZE=BLOCKSIZE, DOUBLE_QUANT=DOUBLE_QUANT, NESTED_BLOCKSIZE=NESTED_BLOCKSIZE, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

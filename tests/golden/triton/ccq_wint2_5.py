@@ -2,7 +2,7 @@
 # kernel:   ccq_wint2_5_39ee0c41_sm90_gemv_m1n64k128s1w4p2
 # format:   ccq_wint2_5   spec key: 39ee0c4116bf10c8630167259eafdf83a1d4e7e5543497c155bf987f86c5a8a8
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 43c4728e999f6b0c
+# arch:     sm90   family: gemv   template hash: 237a55dfd2164f05
 """ccq_wint2_5_39ee0c41_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `ccq_wint2_5` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -151,7 +151,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('weight', dummy), t.get('super_scale', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

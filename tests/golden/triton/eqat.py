@@ -2,7 +2,7 @@
 # kernel:   eqat_b4_g128_2c178a46_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat   spec key: 2c178a4627163f5fc5d8a49d226fd3c27f4170609615913377ce7872a4cfab1e
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: fd247bbb03d8518e
+# arch:     sm90   family: gemv   template hash: ee2f79198cc9de17
 """eqat_b4_g128_2c178a46_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -223,7 +223,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('qweight', dummy), t.get('qzeros', dummy), t.get('scales', dummy), t.get('g_idx', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 BITS=BITS, GROUP_SIZE=GROUP_SIZE, SYM=SYM, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

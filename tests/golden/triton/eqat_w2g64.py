@@ -2,7 +2,7 @@
 # kernel:   eqat_w2g64_b2_g64_cb491a46_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat_w2g64   spec key: cb491a462309f39100416f9fdd2e2c273ac71f4f9f4f3cd76cd03557653b4bdf
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: fd247bbb03d8518e
+# arch:     sm90   family: gemv   template hash: ee2f79198cc9de17
 """eqat_w2g64_b2_g64_cb491a46_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat_w2g64` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -201,7 +201,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('qweight', dummy), t.get('qzeros', dummy), t.get('scales', dummy), t.get('g_idx', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 BITS=BITS, GROUP_SIZE=GROUP_SIZE, SYM=SYM, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

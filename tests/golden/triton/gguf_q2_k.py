@@ -2,7 +2,7 @@
 # kernel:   gguf_q2_k_efabeada_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q2_k   spec key: efabeada2db127afae56ac2695ec6150f8425fb4efaa7000e644dfea78718f94
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 7ad35f60d6289d1a
+# arch:     sm90   family: gemv   template hash: c9a9ad22a341708b
 """gguf_q2_k_efabeada_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q2_k` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -172,7 +172,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('blocks', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 BLOCK_SIZE=BLOCK_SIZE, TYPE_SIZE=TYPE_SIZE, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

@@ -2,7 +2,7 @@
 # kernel:   higgs_p1_b3_b3_g256_4e62bec9_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p1_b3   spec key: 4e62bec9bb0515f589f3b988388c6f54065d837989db77abfe41567a6ecc6856
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: fc761f8aac92107f
+# arch:     sm90   family: gemv   template hash: 02c6123a28058dab
 """higgs_p1_b3_b3_g256_4e62bec9_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p1_b3` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -190,7 +190,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('codes', dummy), t.get('scales', dummy), t.get('grid', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 BITS=BITS, GROUP_SIZE=GROUP_SIZE, HADAMARD_SIZE=HADAMARD_SIZE, P=P, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

@@ -2,7 +2,7 @@
 # kernel:   int2_g128_asym_b2_g128_b208a0f6_sm90_gemv_m1n64k128s1w4p2
 # format:   int2_g128_asym   spec key: b208a0f6614f1a44126d08228676ca558bd8c16323a0f7bfeda113a0e9aebbd3
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 42105986e6f6ac15
+# arch:     sm90   family: gemv   template hash: c12ec98fd9d01dbf
 """int2_g128_asym_b2_g128_b208a0f6_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int2_g128_asym` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -225,7 +225,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('qweight', dummy), t.get('qzeros', dummy), t.get('scales', dummy), t.get('g_idx', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 BITS=BITS, DESC_ACT=DESC_ACT, GROUP_SIZE=GROUP_SIZE, SYM=SYM, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

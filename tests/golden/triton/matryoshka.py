@@ -2,7 +2,7 @@
 # kernel:   matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2
 # format:   matryoshka   spec key: 4f15f60e02660ae36156d490d7495a7f2b8d0b03d6aa5b5a3815a76abb0cc490
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: d1f6a44be3700a71
+# arch:     sm90   family: gemv   template hash: 8fe974e3bdd234db
 """matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `matryoshka` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -176,7 +176,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('qweight', dummy), t.get('scales', dummy), t.get('zeros', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 FIELDS_PER_WORD=FIELDS_PER_WORD, GROUP_SIZE=GROUP_SIZE, PARENT_BITS=PARENT_BITS, R=R, SYM=SYM, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

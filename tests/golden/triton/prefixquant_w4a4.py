@@ -2,7 +2,7 @@
 # kernel:   prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2
 # format:   prefixquant_w4a4   spec key: 7f274e29a48a6aabe7c7bea3bea89acbb17aa49e5bdd8ccb558de72fc7b805fe
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: b422696486f41540
+# arch:     sm90   family: gemv   template hash: caaa6b45ece85a8c
 """prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `prefixquant_w4a4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -182,7 +182,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('qweight', dummy), t.get('weight_scale', dummy), t.get('act_scale', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 ACT_BITS=ACT_BITS, BITS=BITS, HAD_SIZE=HAD_SIZE, ONLINE_HADAMARD=ONLINE_HADAMARD, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

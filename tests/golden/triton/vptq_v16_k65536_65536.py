@@ -2,7 +2,7 @@
 # kernel:   vptq_v16_k65536_65536_gk_5d3625d2_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v16_k65536_65536   spec key: 5d3625d22d68b874a25a21b0c5a221ac61d58ac10ee56d871b1b8612d8f63b2a
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 60adb3c29b0ca9ae
+# arch:     sm90   family: gemv   template hash: b64843853181b6e4
 """vptq_v16_k65536_65536_gk_5d3625d2_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v16_k65536_65536` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -222,7 +222,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('centroids', dummy), t.get('indices', dummy), t.get('res_centroids', dummy), t.get('perm', dummy), t.get('weight_scale', dummy), t.get('weight_bias', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 GROUP_SIZE=GROUP_SIZE, INDEX_BITS=INDEX_BITS, NORM=NORM, NUM_CENTROIDS=NUM_CENTROIDS, NUM_OUTLIER_CENTROIDS=NUM_OUTLIER_CENTROIDS, NUM_RES_CENTROIDS=NUM_RES_CENTROIDS, OUTLIER_SIZE=OUTLIER_SIZE, OUTLIER_VECTOR_LEN=OUTLIER_VECTOR_LEN, PACKED=PACKED, PERM=PERM, RES_BITS=RES_BITS, VECTOR_LEN=VECTOR_LEN, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

@@ -2,7 +2,7 @@
 # kernel:   w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2
 # format:   w8a8_static   spec key: 562c451e196a55d77861afdbdfb154809dacd5e00897483e1752f085d8fa6bbd
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 8aa260317b3e8e3d
+# arch:     sm90   family: gemv   template hash: 07f8ee7f07d54434
 """w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `w8a8_static` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -156,7 +156,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('weight', dummy), t.get('weight_scale', dummy), t.get('act_scale', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

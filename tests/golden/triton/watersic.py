@@ -2,7 +2,7 @@
 # kernel:   watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2
 # format:   watersic   spec key: 127da52259b03e292b8cee1b54d406ac5bfe785bb7db140f636538beef2c3ef9
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: b9acebaa23a47966
+# arch:     sm90   family: gemv   template hash: 5ea1fd863e372531
 """watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `watersic` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -185,7 +185,7 @@ def run(x, tensors, N, bias=None, out=None):
         x2, y, bias if bias is not None else dummy,
 t.get('qweight', dummy), t.get('row_scale', dummy), t.get('col_scale', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
 BITS=BITS, FIELDS_PER_WORD=FIELDS_PER_WORD, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],
