@@ -28,19 +28,9 @@ from .db import DatabaseError, db_path, is_stale, load, load_for_write, stale_re
 from .space import BACKENDS, candidates, tuning_m
 from .sweep import Case, result_table, run_sweep, summary
 from .verify import Reference, evaluate
+from codegen.__main__ import _parse_value
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _value(v: str):
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    return v
 
 
 def parse_format(arg: str) -> tuple[ir.FormatSpec, dict]:
@@ -51,7 +41,7 @@ def parse_format(arg: str) -> tuple[ir.FormatSpec, dict]:
         if "=" not in item:
             raise SpecError(f"format option {item!r} in {arg!r} is malformed; expected NAME:OPT=VALUE,OPT=VALUE")
         k, v = item.split("=", 1)
-        options[k.strip()] = _value(v.strip())
+        options[k.strip()] = _parse_value(v.strip())
     return ir.get_format(name, **options), options
 
 
