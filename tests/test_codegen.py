@@ -144,3 +144,13 @@ def test_built_artifacts_run_in_a_fresh_process_without_quantcc(tmp_path):
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert float(r.stdout.split()[-1]) < 2e-3, r.stdout
+
+
+def test_unsupported_arch_combinations_are_refused_at_build_time(capsys, tmp_path):
+    """fp8 needs sm89/sm90; a whole-dimension Hadamard needs a power-of-two dimension."""
+    assert codegen_main(["build", "w8a8_static", "-o", "weight=fp8_e4m3", "--arch", "sm80",
+                         "--out", str(tmp_path / "a")]) == 2
+    assert "needs fp8 (e4m3) tensor cores; arch sm80 has none" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert codegen_main(["build", "qtip", "--shapes", "4096,28672", "--out", str(tmp_path / "b")]) == 2
+    assert "K = 28672 is not a power of two" in capsys.readouterr().err
