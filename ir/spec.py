@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -412,5 +412,5 @@ class KernelConfig(_Keyed):
 
 __all__ = [
     "SCHEMA_VERSION", "SpecError", "TensorField", "Packing", "Decode", "ScaleLevel", "Transform",
-    "ActQuant", "FormatSpec", "KernelConfig", "field",
+    "ActQuant", "FormatSpec", "KernelConfig",
 ]
