@@ -26,6 +26,21 @@ def hadamard_matrix(n: int, normalized: bool = True, dtype: torch.dtype = torch.
     return (H / n ** 0.5 if normalized else H).to(dtype)
 
 
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalized fast Walsh-Hadamard transform over the last dim (a power of two), Sylvester order:
+    x @ H_n in O(n log n) without forming H_n."""
+    n = x.shape[-1]
+    if n & (n - 1):
+        raise ValueError(f"Hadamard size {n} is invalid; expected a power of two")
+    y = x.reshape(-1, n)
+    h = 1
+    while h < n:
+        y = y.view(-1, n // (2 * h), 2, h)
+        y = torch.stack((y[:, :, 0] + y[:, :, 1], y[:, :, 0] - y[:, :, 1]), dim=2)
+        h *= 2
+    return y.reshape(x.shape)
+
+
 def block_hadamard(x: torch.Tensor, block: int, normalized: bool = True) -> torch.Tensor:
     """Apply H_block to consecutive blocks of the last dim of x (its size must divide by block).
 
@@ -33,6 +48,6 @@ def block_hadamard(x: torch.Tensor, block: int, normalized: bool = True) -> torc
     d = x.shape[-1]
     if d % block:
         raise ValueError(f"block_hadamard: last dim {d} is not a multiple of the block size {block}")
-    H = hadamard_matrix(block, normalized, torch.float64)
-    out = (x.to(torch.float64).reshape(*x.shape[:-1], d // block, block) @ H).reshape(x.shape)
+    out = fwht(x.to(torch.float64).reshape(*x.shape[:-1], d // block, block))
+    out = (out / block ** 0.5 if normalized else out).reshape(x.shape)
     return out.to(x.dtype if x.is_floating_point() else torch.float32)

@@ -149,3 +149,12 @@ def test_hadamard_is_orthonormal_and_involutive(gen):
     assert torch.allclose(block_hadamard(block_hadamard(x, 64), 64), x)
     with pytest.raises(ValueError, match="power of two"):
         hadamard_matrix(12)
+
+
+def test_fast_walsh_hadamard_matches_the_matrix(gen):
+    from ir.hadamard import fwht
+    for n in (1, 2, 8, 256):
+        x = torch.randn(3, 2, n, generator=gen, dtype=torch.float64)
+        assert torch.allclose(fwht(x), x @ hadamard_matrix(n, normalized=False, dtype=torch.float64))
+    with pytest.raises(ValueError, match="power of two"):
+        fwht(torch.zeros(3, 12))

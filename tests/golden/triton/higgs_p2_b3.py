@@ -2,7 +2,7 @@
 # kernel:   higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p2_b3   spec key: 672d0f324bfe9bea698f8cb142e674582296d554de314f4ec9ebb459d8ac53df
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 02c6123a28058dab
+# arch:     sm90   family: gemv   template hash: 0dec125639f3dff7
 """higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p2_b3` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -151,19 +151,18 @@ def _check(x, tensors, N, bias, out):
         raise ValueError(f"{KERNEL_NAME}: out must be a contiguous {x.dtype} tensor of shape {(*x.shape[:-1], N)}")
 
 
-@functools.lru_cache(maxsize=8)
-def _hadamard_matrix(size, normalized, device):
-    H = torch.ones(1, 1, dtype=torch.float32, device=device)
-    while H.shape[0] < size:
-        H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
-    return H / size ** 0.5 if normalized else H
-
-
 def _hadamard(v, size, normalized):
-    """Sylvester Hadamard over consecutive blocks of `size` along the last dim (fp32 math)."""
-    H = _hadamard_matrix(size, normalized, v.device)
-    d = v.shape[-1]
-    return (v.float().reshape(*v.shape[:-1], d // size, size) @ H).reshape(v.shape).to(v.dtype)
+    """Sylvester Hadamard over consecutive blocks of `size` along the last dim, in fp32, by the fast
+    Walsh-Hadamard butterfly (O(size log size), no size x size matrix); twin of ir.hadamard.block_hadamard."""
+    shape = v.shape
+    y = v.float().reshape(-1, size)
+    h = 1
+    while h < size:
+        y = y.view(-1, size // (2 * h), 2, h)
+        y = torch.stack((y[:, :, 0] + y[:, :, 1], y[:, :, 0] - y[:, :, 1]), dim=2)
+        h *= 2
+    y = y.reshape(shape)
+    return (y / size ** 0.5 if normalized else y).to(v.dtype)
 
 
 def run(x, tensors, N, bias=None, out=None):
