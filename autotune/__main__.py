@@ -28,7 +28,7 @@ from .db import DatabaseError, db_path, is_stale, load, load_for_write, stale_re
 from .space import BACKENDS, candidates, tuning_m
 from .sweep import Case, result_table, run_sweep, summary
 from .verify import Reference, evaluate
-from codegen.__main__ import _parse_value
+from codegen.__main__ import _parse_value, _shape
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -47,14 +47,6 @@ def parse_format(arg: str) -> tuple[ir.FormatSpec, dict]:
 
 def format_arg(name: str, options: dict) -> str:
     return name + (":" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) if options else "")
-
-
-def _shape(s: str) -> tuple[int, int]:
-    try:
-        n, k = (int(v) for v in s.lower().replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape {s!r} is malformed; expected N,K (e.g. 4096,4096)") from None
-    return n, k
 
 
 def _backends(choice: str) -> list[str]:

@@ -200,6 +200,13 @@ class GptqCodec:
 
 
 # -- AutoAWQ GEMM ------------------------------------------------------------------------------
+def _grouped_affine_decode(bits: int, *extra: tuple) -> Decode:
+    """W = fp16(q - z) * s with i // group_size groups and zero points stored as is (AWQ, EfficientQAT)."""
+    return Decode(kind="affine", bits=bits, signed=False, params=(
+        ("compute_dtype", "float16"), ("formula", FORMULA), ("group_index", "i // group_size"),
+        ("zero_axis", "N"), ("zero_offset", 0), ("zero_tensor", "qzeros"), *extra))
+
+
 def build_awq(bits: int = 4, group_size: int = 128) -> FormatSpec:
     """AutoAWQ GEMM int4: qweight [K, N/8] packed along N in AWQ nibble order, qzeros likewise, fp16 scales."""
     _check_choice("awq", "bits", bits, (4,))
@@ -207,15 +214,8 @@ def build_awq(bits: int = 4, group_size: int = 128) -> FormatSpec:
     return FormatSpec(
         name="awq", family="awq",
         packing=Packing(layout="awq", word_dtype="int32", field_bits=4, order="lsb", axis="N", fields_per_word=8),
-        decode=Decode(kind="affine", bits=4, signed=False, params=(
-            ("compute_dtype", "float16"),
-            ("field_order", AWQ_ORDER),  # nibble i of word j holds column 8*j + field_order[i] (qweight and qzeros)
-            ("formula", FORMULA),
-            ("group_index", "i // group_size"),
-            ("zero_axis", "N"),
-            ("zero_offset", 0),
-            ("zero_tensor", "qzeros"),
-        )),
+        # nibble i of word j holds column 8*j + field_order[i] (qweight and qzeros)
+        decode=_grouped_affine_decode(4, ("field_order", AWQ_ORDER)),
         tensors=(
             TensorField("qweight", "int32", ("K", "N//8"), "codes"),
             TensorField("qzeros", "int32", (GROUPS, "N//8"), "zeros"),
@@ -263,14 +263,7 @@ def _eqat_spec(name: str, bits: int, group_size: int) -> FormatSpec:
         name=name, family="eqat",
         packing=Packing(layout="eqat", word_dtype="int32", field_bits=bits, order="lsb", axis="K",
                         fields_per_word=per),
-        decode=Decode(kind="affine", bits=bits, signed=False, params=(
-            ("compute_dtype", "float16"),
-            ("formula", FORMULA),
-            ("group_index", "i // group_size"),
-            ("zero_axis", "N"),
-            ("zero_offset", 0),
-            ("zero_tensor", "qzeros"),
-        )),
+        decode=_grouped_affine_decode(bits),
         tensors=(
             TensorField("qweight", "int32", ("-(-K//(32//bits))", "N"), "codes"),
             TensorField("qzeros", "int32", (GROUPS, "-(-N//(32//bits))"), "zeros"),
