@@ -107,7 +107,28 @@ def main(argv=None) -> int:
     b.add_argument("--out", help="output folder (default quantcc_out/<format>_<arch>)")
     b.add_argument("--shapes", type=_shape, nargs="+", help="N,K problem shapes (default 4096,4096)")
     b.add_argument("--batches", type=int, nargs="+", default=list(DEFAULT_BATCHES), help="M values")
+    a = sub.add_parser("sass", help="compile one kernel for an arch (no GPU needed): registers, spills, "
+                                    "shared memory, occupancy, SASS instruction mix")
+    a.add_argument("format")
+    a.add_argument("-o", "--option", action="append", help="format option NAME=VALUE (repeatable)")
+    a.add_argument("--shape", type=_shape, default=(4096, 4096), help="N,K")
+    a.add_argument("--batch", type=int, default=1, help="M")
+    a.add_argument("--arch", default="sm90", choices=sorted(ARCHES))
+    a.add_argument("--config", help='tile config as JSON (default: the arch heuristic), e.g. '
+                                    '\'{"block_m": 1, "block_n": 128, "block_k": 128, "split_k": 4, "num_warps": 4, '
+                                    '"num_stages": 2}\'')
+    a.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    a.add_argument("--dump", help="write the kernel .py, .ttgir, .ptx and .sass into this folder")
+    a.add_argument("--top", type=int, default=25, help="opcodes to list")
     args = p.parse_args(argv)
+    if args.cmd == "sass":
+        from . import sass
+        args.options = _options(args.option)
+        try:
+            return sass.main(args)
+        except SpecError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         return {"list": cmd_list, "show": cmd_show, "build": cmd_build}[args.cmd](args)
     except SpecError as e:
