@@ -114,8 +114,8 @@ class _Reader:
                                   f"or not a checkpoint") from e
         meta = self.f.metadata() or {}
         if "quantcc.format_version" not in meta:
-            raise CheckpointError(f"{path}: no quantcc metadata; not written by runtime.save_quantized (GGUF, GPTQ "
-                                  f"and bitsandbytes files load through runtime.importers)")
+            raise CheckpointError(f"{path}: no quantcc metadata; not written by runtime.save_quantized (GGUF, GPTQ, "
+                                  f"bitsandbytes and compressed-tensors files load through runtime.importers)")
         version = meta["quantcc.format_version"]
         if not version.isdigit() or int(version) not in KNOWN_FORMAT_VERSIONS:
             raise CheckpointError(f"{path}: checkpoint format version {version!r} is unknown to quantcc "
