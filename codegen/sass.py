@@ -29,7 +29,6 @@ from .triton_backend import render_triton
 _PTR = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32", "int32": "*i32", "uint32": "*u32",
         "int16": "*i16", "uint16": "*u16", "int8": "*i8", "uint8": "*u8", "int64": "*i64",
         "float8_e4m3fn": "*fp8e4nv"}
-_SCALAR_ARGS = ("M", "N", "K", "K_ITERS", "stride_xm", "stride_ym")
 
 
 @dataclass(frozen=True)
@@ -61,20 +60,31 @@ def _nvidia_tool(name: str) -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
 
 
-def _signature(plan: KernelPlan, x_dtype: str) -> tuple[dict, dict]:
-    """Triton signature and constexpr values of the generated kernel's arguments, in order."""
-    sig: dict[str, str] = {"x_ptr": _PTR[x_dtype], "y_ptr": "*fp32" if plan.config.split_k > 1 else _PTR[x_dtype],
+def _signature(plan: KernelPlan, x_dtype: str, M: int, N: int, K: int) -> tuple[dict, dict, list[str]]:
+    """Triton signature, constexpr values and 16-divisible arguments of the generated kernel, specialized
+    the way triton's JIT specializes a real launch: an int argument equal to 1 becomes a constant, and
+    pointers (torch allocations) and ints divisible by 16 carry tt.divisibility=16 (what lets the compiler
+    vectorize loads); without this the offline SASS would not be the SASS the GPU runs."""
+    cfg = plan.config
+    sig: dict[str, str] = {"x_ptr": _PTR[x_dtype], "y_ptr": "*fp32" if cfg.split_k > 1 else _PTR[x_dtype],
                            "bias_ptr": _PTR[x_dtype]}
     for t in plan.tensors:
         sig[f"{t.name}_ptr"] = _PTR[t.dtype]
-    for a in _SCALAR_ARGS:
-        sig[a] = "i32"
-    cfg = plan.config
-    consts = {"HAS_BIAS": False, "INTERPRET_BF16_WORKAROUND": False, **dict(plan.constexprs),
-              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "SPLIT_K": cfg.split_k}
-    for name in consts:
-        sig[name] = "constexpr"
-    return sig, consts
+    aligned = list(sig)
+    values = {"M": M, "N": N, "K": K, "K_ITERS": -(-K // (cfg.split_k * cfg.block_k)), "stride_xm": K, "stride_ym": N}
+    consts = {}
+    for a, v in values.items():
+        if v == 1:
+            consts[a] = 1
+        else:
+            sig[a] = "i32"
+            if v % 16 == 0:
+                aligned.append(a)
+    consts.update({"HAS_BIAS": False, "INTERPRET_BF16_WORKAROUND": False, **dict(plan.constexprs),
+                   "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "SPLIT_K": cfg.split_k})
+    order = ["x_ptr", "y_ptr", "bias_ptr", *(f"{t.name}_ptr" for t in plan.tensors), *values, "HAS_BIAS",
+             "INTERPRET_BF16_WORKAROUND", *(n for n, _ in plan.constexprs), "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K"]
+    return {a: sig.get(a, "constexpr") for a in order}, consts, aligned
 
 
 def _occupancy(regs: int, shared: int, num_warps: int, arch: str) -> int:
@@ -95,9 +105,10 @@ def compile_report(spec: FormatSpec, M: int, N: int, K: int, arch: str = "sm90",
     tmp = Path(tempfile.mkdtemp(prefix="quantcc_sass_"))
     path = tmp / f"{plan.name}.py"
     path.write_text(render_triton(plan))
-    sig, consts = _signature(plan, x_dtype)
+    sig, consts, aligned = _signature(plan, x_dtype, M, N, K)
     major, minor = ARCHES[arch].capability
-    job = {"path": str(path), "kernel": plan.name, "sig": sig, "consts": consts, "cc": 10 * major + minor,
+    job = {"path": str(path), "kernel": plan.name, "sig": sig, "consts": consts, "aligned": aligned,
+           "cc": 10 * major + minor,
            "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "out": str(tmp)}
     # a fresh process: under TRITON_INTERPRET=1 (CI, tests) this process's triton is in interpreter mode
     env = dict(os.environ, TRITON_INTERPRET="0")
@@ -138,7 +149,8 @@ def _compile_job(job_json: str) -> None:
     job = json.loads(job_json)
     fn = getattr(load_kernel_module(job["path"]), job["kernel"])
     names = list(job["sig"])
-    src = ASTSource(fn, job["sig"], constexprs={(names.index(k),): v for k, v in job["consts"].items()})
+    src = ASTSource(fn, job["sig"], constexprs={(names.index(k),): v for k, v in job["consts"].items()},
+                    attrs={(names.index(a),): [["tt.divisibility", 16]] for a in job["aligned"]})
     compiled = triton.compile(src, target=GPUTarget("cuda", job["cc"], 32),
                               options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
     out = Path(job["out"])

@@ -158,3 +158,18 @@ def test_fast_walsh_hadamard_matches_the_matrix(gen):
         assert torch.allclose(fwht(x), x @ hadamard_matrix(n, normalized=False, dtype=torch.float64))
     with pytest.raises(ValueError, match="power of two"):
         fwht(torch.zeros(3, 12))
+
+
+def test_magic_u2f_is_exact_and_checks_range():
+    from ir.bitpack import magic_u2f
+    q32 = torch.cat([torch.arange(0, 1 << 16), torch.tensor([(1 << 23) - 1])])
+    assert torch.equal(magic_u2f(q32), q32.float())
+    q16 = torch.arange(0, 1024)
+    assert torch.equal(magic_u2f(q16, torch.float16), q16.half())
+    # differences of biased values are exact: the kernels subtract (bias + zero) once per column
+    z = torch.tensor(7)
+    assert torch.equal(magic_u2f(q16, torch.float16) - magic_u2f(z, torch.float16), (q16 - 7).half())
+    with pytest.raises(ValueError, match="q < 1024"):
+        magic_u2f(torch.tensor([1024]), torch.float16)
+    with pytest.raises(ValueError, match="dtype"):
+        magic_u2f(q16, torch.bfloat16)
