@@ -74,6 +74,14 @@ def unpack_nibbles_hi_first(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((b >> 4, b & 0xF), dim=1).reshape(-1)
 
 
+def unpack_words_hi_first(words: torch.Tensor) -> torch.Tensor:
+    """int32 words [..., W] (little-endian views of the packed bytes) -> int64 codes [..., 8*W]: element r of
+    a word sits at bit (4r) ^ 4 (byte r // 2, high nibble for even r); twin of the Triton `_bnb_codes`."""
+    shifts = (torch.arange(8) * 4) ^ 4
+    codes = (words.to(torch.int64).unsqueeze(-1) >> shifts) & 0xF
+    return codes.reshape(*words.shape[:-1], -1)
+
+
 def pack_nibbles_hi_first(codes: torch.Tensor) -> torch.Tensor:
     """int codes [n] (n even, values < 16) -> uint8 bytes [n/2]; element 2j goes to the high nibble."""
     c = codes.reshape(-1).to(torch.uint8)

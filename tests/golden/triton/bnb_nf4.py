@@ -2,7 +2,7 @@
 # kernel:   bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_nf4   spec key: 9a29cc1de6539bdda5423ea84d6003caf87264dc9d1efa33ad520f055ffb0705
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 7a1dd844a74a393b
+# arch:     sm90   family: gemv   template hash: 11338c1b5c9782bc
 """bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_nf4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -49,20 +49,47 @@ BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, NESTED_BLOCKSIZE: tl.conste
 
 
 @triton.jit
+def _bnb_codes(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_K, BLOCK_N] int32 codes of the tile at k0 (element [i, j] is W's code at (offs_n[j], k0 + i)).
+    Word w of column n holds k = 8w..8w+7; its byte j holds elements 2j (high nibble) and 2j+1, so element r
+    of a word sits at bit (4r) ^ 4 (twin: ir.formats.bnb.unpack_words_hi_first). K % 32 == 0 (k_multiple),
+    so every column starts 16-byte aligned."""
+    words_ptr = weight_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+    kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    row = tl.multiple_of(offs_n.to(tl.int64) * (K // 8), 4)
+    words = tl.load(words_ptr + row[None, :] + kw[:, None], mask=(kw[:, None] < K // 8) & mask_n[None, :], other=0)
+    shifts = (tl.arange(0, 8) * 4) ^ 4
+    return tl.reshape((words[:, None, :] >> shifts[None, :, None]) & 0xF, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def _lut16(table_ptr, q, BLOCK_N: tl.constexpr):
+    """table[q] for int32 codes q [BLOCK_K, BLOCK_N] in [0, 16): the 16 values are loaded once as a vector and
+    selected by tl.gather (twin: ir.formats.bnb.lut_block_dequantize's table[codes])."""
+    table = tl.broadcast_to(tl.load(table_ptr + tl.arange(0, 16))[:, None], (16, BLOCK_N))
+    return tl.gather(table, q, 0)
+
+
+@triton.jit
+def _bnb_absmax(weight_ptr, absmax_ptr, quant_map_ptr, nested_absmax_ptr, nested_quant_map_ptr, nested_offset_ptr, blk, bmask):
+    """absmax of the blocks `blk` (any shape) in fp32, decoded from its double quantization (twin: ir.formats.bnb.dequantize_nested_absmax)."""
+    qa = tl.load(absmax_ptr + blk, mask=bmask, other=0).to(tl.int32)
+    return tl.load(nested_quant_map_ptr + qa) * tl.load(nested_absmax_ptr + blk // 256,
+                                                        mask=bmask, other=0.0) + tl.load(nested_offset_ptr)
+
+
+
+@triton.jit
 def decode_tile_fast(weight_ptr, absmax_ptr, quant_map_ptr, nested_absmax_ptr, nested_quant_map_ptr, nested_offset_ptr, k0, offs_n, mask_n, N, K,
 BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, NESTED_BLOCKSIZE: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    row = offs_n.to(tl.int64) * (K // 2)
-    byte = tl.load(weight_ptr + row[None, :] + kb[:, None], mask=(kb[:, None] < K // 2) & mask_n[None, :],
-                   other=0).to(tl.int32)
-    code = tl.reshape(tl.join(byte >> 4, byte & 0xF).permute(0, 2, 1), (BLOCK_K, BLOCK_N))
-    vals = tl.load(quant_map_ptr + code)
-    kk = k0 + tl.arange(0, BLOCK_K)
-    blk = (offs_n[None, :].to(tl.int64) * K + kk[:, None]) // BLOCKSIZE
-    bmask = mask_n[None, :] & (kk[:, None] < K)
-    qa = tl.load(absmax_ptr + blk, mask=bmask, other=0).to(tl.int32)
-    absmax = tl.load(nested_quant_map_ptr + qa) * tl.load(nested_absmax_ptr + blk // NESTED_BLOCKSIZE, mask=bmask,
-                                                        other=0.0) + tl.load(nested_offset_ptr)
+    vals = _lut16(quant_map_ptr, _bnb_codes(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K, BLOCK_N), BLOCK_N)
+    if BLOCK_K <= BLOCKSIZE:  # one absmax block per column: a [BLOCK_N] vector
+        blk = (offs_n.to(tl.int64) * K + k0) // BLOCKSIZE
+        absmax = _bnb_absmax(weight_ptr, absmax_ptr, quant_map_ptr, nested_absmax_ptr, nested_quant_map_ptr, nested_offset_ptr, blk, mask_n & (k0 < K))[None, :]
+    else:
+        kk = k0 + tl.arange(0, BLOCK_K)
+        blk = (offs_n[None, :].to(tl.int64) * K + kk[:, None]) // BLOCKSIZE
+        absmax = _bnb_absmax(weight_ptr, absmax_ptr, quant_map_ptr, nested_absmax_ptr, nested_quant_map_ptr, nested_offset_ptr, blk, mask_n[None, :] & (kk[:, None] < K))
     return vals * absmax
 
 
@@ -157,6 +184,9 @@ def run(x, tensors, N, bias=None, out=None):
     """y = x @ W^T (+ bias) with W stored in `bnb_nf4`'s canonical layout; see the module docstring."""
     _check(x, tensors, N, bias, out)
     t = dict(tensors)
+    if t["weight"].data_ptr() % 16:  # the kernel reads the packed bytes as 16-byte-aligned int32 words
+        t["weight"] = t["weight"].clone()
+
     K = x.shape[-1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)

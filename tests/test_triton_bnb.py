@@ -1,0 +1,66 @@
+"""bnb_nf4 / bnb_fp4 Triton kernels beyond the default-option harness: double quant on/off, other blocksizes,
+tiles equal to / inside / spanning an absmax block (the gemv factorized path, the per-column absmax vector and
+the per-element fallback), swap_ab, fp16 + bf16, a misaligned weight view; and the twin of the word unpacker."""
+import pytest
+import torch
+
+import ir
+from ir import KernelConfig
+from ir.formats.bnb import unpack_nibbles_hi_first, unpack_words_hi_first
+from kernel_harness import REL_TOL, check_kernel, kernel_module
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+N = 40  # not a multiple of block_n
+
+
+def _qt(name, blocksize, double_quant, K):
+    spec = ir.get_format(name, blocksize=blocksize, double_quant=double_quant)
+    g = torch.Generator().manual_seed(7)
+    return ir.quantize(spec, torch.randn(N, K, generator=g) * 0.05)
+
+
+def _cfg(block_m, block_k, split_k=1, swap_ab=False):
+    return KernelConfig(block_m=block_m, block_n=16, block_k=block_k, split_k=split_k, num_warps=4,
+                        num_stages=1, swap_ab=swap_ab)
+
+
+CASES = [  # (format, blocksize, double_quant, K, M, config)
+    ("bnb_nf4", 64, True, 192, 1, _cfg(1, 64, split_k=2)),       # gemv, tile == absmax block (factorized)
+    ("bnb_fp4", 64, False, 192, 3, _cfg(4, 32, split_k=3)),      # gemv, two tiles per block
+    ("bnb_nf4", 32, False, 96, 1, _cfg(1, 64)),                  # gemv, tile spans 2 blocks (per-element absmax)
+    ("bnb_nf4", 64, True, 192, 16, _cfg(16, 64)),                # gemm, per-column absmax vector
+    ("bnb_fp4", 128, True, 384, 33, _cfg(16, 128, split_k=2)),   # gemm, 3 row blocks, split-K
+    ("bnb_nf4", 32, True, 96, 16, _cfg(16, 64)),                 # gemm, tile spans 2 blocks
+    ("bnb_fp4", 64, False, 192, 33, _cfg(32, 64, swap_ab=True)),  # gemm, decoded weights as the A operand
+]
+
+
+@pytest.mark.parametrize("name,blocksize,dq,K,M,cfg", CASES)
+def test_bnb_kernel_options(name, blocksize, dq, K, M, cfg, gen):
+    qt = _qt(name, blocksize, dq, K)
+    family = "gemv" if M <= 4 else "gemm"
+    mod = kernel_module(qt.spec, family, M, N, K, cfg)
+    for dtype in (torch.float16, torch.bfloat16):
+        err = check_kernel(mod, qt, M, dtype, gen, bias=(M == 3), device=DEVICE)
+        assert err < REL_TOL[dtype], f"{name} bs={blocksize} dq={dq} {family} M={M} {dtype}: rel err {err:.2e}"
+
+
+def test_bnb_kernel_misaligned_weight_view(gen):
+    """The kernel reads the bytes as int32 words; a weight view off a 16-byte boundary is copied first."""
+    qt = _qt("bnb_nf4", 64, True, 192)
+    w = qt.tensors["weight"]
+    buf = torch.empty(w.numel() + 1, dtype=torch.uint8)
+    view = buf[1:].view_as(w)
+    view.copy_(w)
+    assert view.data_ptr() % 16
+    mod = kernel_module(qt.spec, "gemv", 1, N, 192, _cfg(1, 64))
+    x = (torch.randn(1, 192, generator=gen) * 0.5).half()
+    ref = mod.run(x, dict(qt.tensors), N)
+    got = mod.run(x, dict(qt.tensors, weight=view), N)
+    assert torch.equal(ref, got)
+
+
+def test_unpack_words_twin():
+    b = torch.randint(0, 256, (4, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    codes = unpack_words_hi_first(b.view(torch.int32))
+    assert torch.equal(codes.reshape(-1), unpack_nibbles_hi_first(b))
