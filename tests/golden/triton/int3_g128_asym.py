@@ -2,7 +2,7 @@
 # kernel:   int3_g128_asym_b3_g128_e44147f3_sm90_gemv_m1n64k128s1w4p2
 # format:   int3_g128_asym   spec key: e44147f3a9ece86c21eadcf71fe842ebb445fb6914d2feb8ea87019e57f5c7b0
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: cf408ee033027e59
+# arch:     sm90   family: gemv   template hash: f691d40938cca976
 """int3_g128_asym_b3_g128_e44147f3_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int3_g128_asym` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -72,6 +72,72 @@ BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.co
 
 
 @triton.jit
+def _codes3(qweight_ptr, k0, offs_n, mask_n, N, K, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+            AS_FLOAT: tl.constexpr):
+    """Codes [BLOCK_K, BLOCK_N] of rows k0.. of a 3-bit LSB-first stream along K, 32 codes per 3 words of each
+    column (twin of ir.bitpack.unpack_rows with straddle): uint32, or fp32 when AS_FLOAT. The slot index i is a
+    per-register constant, so every shift, mask and select below folds to one constant per code."""
+    j = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    m = (j[:, None] < K // 32) & mask_n[None, :]
+    p = qweight_ptr + (3 * j)[:, None] * N + offs_n[None, :]
+    w0 = tl.load(p, mask=m, other=0).to(tl.uint32, bitcast=True)[:, None, :]
+    w1 = tl.load(p + N, mask=m, other=0).to(tl.uint32, bitcast=True)[:, None, :]
+    w2 = tl.load(p + 2 * N, mask=m, other=0).to(tl.uint32, bitcast=True)[:, None, :]
+    i = tl.arange(0, 32)[None, :, None]
+    sh = ((3 * i) % 32).to(tl.uint32)
+    lo = tl.where(i < 11, w0, tl.where(i < 22, w1, w2))  # the word holding bit 3*i
+    hi = tl.where(i < 11, w1, w2)                         # the next one: its low bits complete fields 10, 21
+    v = (lo >> sh) | ((hi << 1) << (31 - sh))            # (hi << 32 - sh) lands above bit 2 unless sh > 29
+    if AS_FLOAT:
+        # no shift for a field at bit e <= 20: (v & 7 << e) | 0x4B000000 read as fp32 is 2^23 + q * 2^e, so
+        # q = that * 2^-e - 2^(23-e) (one FFMA, exact); fields at bits 21..29 come from one word >> 12 each.
+        # Written (v | E) & (7 << e | E): v | E is shared by the fields of a word, leaving one LOP3 per field.
+        strad = (i == 10) | (i == 21)
+        e = tl.where(strad, 0, tl.where(sh > 20, sh - 12, sh))
+        v = tl.where(strad, v, tl.where(sh > 20, lo >> 12, lo))
+        t = ((v | 0x4B000000) & ((7 << e) | 0x4B000000)).to(tl.float32, bitcast=True)
+        inv = ((127 - e) << 23).to(tl.float32, bitcast=True)   # 2^-e
+        off = ((150 - e) << 23).to(tl.float32, bitcast=True)   # 2^(23-e)
+        return tl.reshape(t * inv - off, (BLOCK_K, BLOCK_N))
+    else:
+        return tl.reshape(v & 7, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def decode_tile_fast(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    GS: tl.constexpr = GROUP_SIZE
+    q = _codes3(qweight_ptr, k0, offs_n, mask_n, N, K, BLOCK_K, BLOCK_N, False)
+    if BLOCK_K <= GS:
+        g = k0 // GS + tl.zeros((1, BLOCK_N), dtype=tl.int32)
+    else:
+        g = ((k0 + tl.arange(0, BLOCK_K)) // GS)[:, None]
+    gmask = (g < tl.cdiv(K, GS)) & mask_n[None, :]  # tail rows past K may index a group past the last
+    z = _field(qzeros_ptr + g * tl.cdiv(N * 3, 32), offs_n[None, :], 1, gmask, 3, True, 1)
+    s = tl.load(scales_ptr + g * N + offs_n[None, :], mask=gmask, other=0.0)
+    # fp16 (1024 + q) - (1024 + z) is exactly q - z, then one fp16 product: the reference's fp16(q - z) * s
+    qh = (q | 0x6400).to(tl.uint16).to(tl.float16, bitcast=True)
+    zh = (z | 0x6400).to(tl.uint16).to(tl.float16, bitcast=True)
+    return ((qh - zh) * s).to(tl.float32)
+
+
+
+
+@triton.jit
+def decode_parts_fast(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    GS: tl.constexpr = GROUP_SIZE
+    qf = _codes3(qweight_ptr, k0, offs_n, mask_n, N, K, BLOCK_K, BLOCK_N, True)
+    g = k0 // GS
+    gmask = (g < tl.cdiv(K, GS)) & mask_n[None, :]
+    z = _field(qzeros_ptr + g * tl.cdiv(N * 3, 32), offs_n[None, :], 1, gmask, 3, True, 1)
+    s = tl.load(scales_ptr + g * N + offs_n[None, :], mask=gmask, other=0.0).to(tl.float32)
+    return qf, s, z.to(tl.float32)
+
+
+
+
+@triton.jit
 def int3_g128_asym_b3_g128_e44147f3_sm90_gemv_m1n64k128s1w4p2(
     x_ptr, y_ptr, bias_ptr,
     qweight_ptr,
@@ -99,15 +165,14 @@ def int3_g128_asym_b3_g128_e44147f3_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, offs_k, offs_n, w_mask, N, K,
-BITS, DESC_ACT, GROUP_SIZE, SYM, 
+        q, s, z = decode_parts_fast(
+qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+BITS, DESC_ACT, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
+        xf = x.to(tl.float32)
+        acc += s * (tl.sum(xf[:, :, None] * q[None, :, :], axis=1) - z * tl.sum(xf, axis=1)[:, None])
     # epilogue
     out = acc
     if HAS_BIAS:
