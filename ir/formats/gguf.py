@@ -181,6 +181,14 @@ def unpack_bit_pieces(raw: torch.Tensor, pieces: tuple) -> torch.Tensor:
     return torch.stack(cols, dim=1)
 
 
+def magic_field(src: torch.Tensor, shift, bits: int) -> torch.Tensor:
+    """q * 2**shift as float32 for the `bits`-wide field at bit `shift` of int32 words (shift + bits <= 23),
+    without an int->float conversion: (field | 0x4B000000) read as float32 is exactly 2**23 + q * 2**shift.
+    Twin of the Triton helper `_magic_field` of the K-quant fast decode."""
+    v = (src.to(torch.int32) & (((1 << bits) - 1) << torch.as_tensor(shift, dtype=torch.int32))) | 0x4B000000
+    return v.view(torch.float32) - 8388608.0
+
+
 def block_fields(spec: FormatSpec) -> dict[str, tuple[int, int]]:
     """{field name: (byte offset, byte count)} from the spec's struct description."""
     size = {"float16": 2, "uint8": 1, "int8": 1}

@@ -2,7 +2,7 @@
 # kernel:   gguf_q4_k_45d4f031_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q4_k   spec key: 45d4f0316f5ae2fcefa9c2ba6c9f64778e702802995a46bb290aec175fcdc028
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 8f412eee5973833a
+# arch:     sm90   family: gemv   template hash: a70b7da397b18867
 """gguf_q4_k_45d4f031_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q4_k` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -73,6 +73,81 @@ BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr, ):
 
 
 @triton.jit
+def _magic_field(src, s, BITS: tl.constexpr):
+    """q * 2**s as fp32 for the BITS-wide field at bit s of src (s + BITS <= 23), by the 2**23 exponent trick
+    (twin of ir.formats.gguf.magic_field)."""
+    v = (src & (((1 << BITS) - 1) << s)) | 0x4B000000
+    return v.to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _f16_pair(word):
+    """(low, high) IEEE fp16 halves of an int32 word, as fp32."""
+    lo = (word & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    hi = ((word >> 16) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def decode_tile_fast(blocks_ptr, k0, offs_n, mask_n, N, K,
+BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    P: tl.constexpr = 2
+    E: tl.constexpr = 32 * P                              # weights per 32-byte qs chunk
+    NSB: tl.constexpr = (BLOCK_K + 255) // 256            # super-blocks in the tile
+    NC: tl.constexpr = (BLOCK_K if BLOCK_K < 256 else 256) // E  # chunks per super-block in the tile
+    SBW: tl.constexpr = TYPE_SIZE // 4                    # int32 words per super-block
+    wp = blocks_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+    sb = k0 // 256 + tl.arange(0, NSB)
+    if BLOCK_K < 256:
+        c = (k0 % 256) // E + tl.arange(0, NC)
+    else:
+        c = tl.arange(0, NC)
+    h = tl.arange(0, 2)
+    w = tl.arange(0, 4)
+    base = offs_n[:, None].to(tl.int64) * (K // 256 * SBW) + sb[None, :] * SBW                      # [BN, NSB]
+    bmask = mask_n[:, None] & (sb[None, :] < K // 256)
+    base5 = base[:, :, None, None, None]
+    qw = tl.load(wp + base5 + (4 + c[None, None, :, None, None] * 8 + h[None, None, None, :, None] * 4
+                              + w[None, None, None, None, :]),
+                 mask=bmask[:, :, None, None, None], other=0)                                          # [BN, NSB, NC, 2, 4]
+    d, dmin = _f16_pair(tl.load(wp + base + 0, mask=bmask, other=0))                   # [BN, NSB]
+    d = d[:, :, None, None, None]
+    dmin = dmin[:, :, None, None, None]
+    # sub-block of each (chunk, plane, half): [1, 1, NC, P, 2]
+    p = tl.arange(0, P)
+    sub = (c[None, None, :, None, None] * (E // 32) + p[None, None, None, :, None] * (32 // 32)
+           + 0 * h[None, None, None, None, :])
+    sw1 = tl.load(wp + base + 1, mask=bmask, other=0)[:, :, None, None, None]
+    sw2 = tl.load(wp + base + 2, mask=bmask, other=0)[:, :, None, None, None]
+    sw3 = tl.load(wp + base + 3, mask=bmask, other=0)[:, :, None, None, None]
+    sc = tl.zeros_like(sub)
+    wsel = tl.where(sub == 0, 1, tl.where(sub == 1, 1, tl.where(sub == 2, 1, tl.where(sub == 3, 1, tl.where(sub == 4, 3, tl.where(sub == 5, 3, tl.where(sub == 6, 3, 3)))))))
+    src = tl.where(wsel == 1, sw1, sw3)
+    sc |= (src >> tl.where(sub == 0, 0, tl.where(sub == 1, 8, tl.where(sub == 2, 16, tl.where(sub == 3, 24, tl.where(sub == 4, 0, tl.where(sub == 5, 8, tl.where(sub == 6, 16, 24)))))))) & tl.where(sub == 0, 63, tl.where(sub == 1, 63, tl.where(sub == 2, 63, tl.where(sub == 3, 63, tl.where(sub == 4, 15, tl.where(sub == 5, 15, tl.where(sub == 6, 15, 15)))))))
+    src = sw1
+    sc |= (src >> tl.where(sub == 0, 0, tl.where(sub == 1, 0, tl.where(sub == 2, 0, tl.where(sub == 3, 0, tl.where(sub == 4, 2, tl.where(sub == 5, 10, tl.where(sub == 6, 18, 26)))))))) & tl.where(sub == 0, 0, tl.where(sub == 1, 0, tl.where(sub == 2, 0, tl.where(sub == 3, 0, tl.where(sub == 4, 48, tl.where(sub == 5, 48, tl.where(sub == 6, 48, 48)))))))
+
+    mn = tl.zeros_like(sub)
+    wsel = tl.where(sub == 0, 2, tl.where(sub == 1, 2, tl.where(sub == 2, 2, tl.where(sub == 3, 2, tl.where(sub == 4, 3, tl.where(sub == 5, 3, tl.where(sub == 6, 3, 3)))))))
+    src = tl.where(wsel == 2, sw2, sw3)
+    mn |= (src >> tl.where(sub == 0, 0, tl.where(sub == 1, 8, tl.where(sub == 2, 16, tl.where(sub == 3, 24, tl.where(sub == 4, 4, tl.where(sub == 5, 12, tl.where(sub == 6, 20, 28)))))))) & tl.where(sub == 0, 63, tl.where(sub == 1, 63, tl.where(sub == 2, 63, tl.where(sub == 3, 63, tl.where(sub == 4, 15, tl.where(sub == 5, 15, tl.where(sub == 6, 15, 15)))))))
+    src = sw2
+    mn |= (src >> tl.where(sub == 0, 0, tl.where(sub == 1, 0, tl.where(sub == 2, 0, tl.where(sub == 3, 0, tl.where(sub == 4, 2, tl.where(sub == 5, 10, tl.where(sub == 6, 18, 26)))))))) & tl.where(sub == 0, 0, tl.where(sub == 1, 0, tl.where(sub == 2, 0, tl.where(sub == 3, 0, tl.where(sub == 4, 48, tl.where(sub == 5, 48, tl.where(sub == 6, 48, 48)))))))
+
+    sc = _magic_field(sc, 0, 8) * d                                                                # d*sc, dmin*m (exact)
+    mn = _magic_field(mn, 0, 8) * dmin
+    src = qw[:, :, :, None, :, :, None]                                                             # [BN, NSB, NC, 1, 2, 4, 1]
+    b = tl.arange(0, 4)[None, None, None, None, None, None, :]
+    src = tl.where(b >= 2, src >> 16, src)
+    s = p[None, None, None, :, None, None, None] * 4 + (b % 2) * 8                        # [1, 1, 1, P, 1, 1, 4]
+    q = _magic_field(src, s, 4)                                                            # q * 2**s
+    scale = sc[:, :, :, :, :, None, None] * (1.0 / (1 << s).to(tl.float32))
+    wt = q * scale - mn[:, :, :, :, :, None, None]                                                   # [BN, NSB, NC, P, 2, 4, 4]
+    return tl.trans(tl.reshape(wt, (BLOCK_N, BLOCK_K)))
+
+
+
+@triton.jit
 def gguf_q4_k_45d4f031_sm90_gemv_m1n64k128s1w4p2(
     x_ptr, y_ptr, bias_ptr,
     blocks_ptr,
@@ -95,12 +170,10 @@ def gguf_q4_k_45d4f031_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-blocks_ptr, offs_k, offs_n, w_mask, N, K,
-BLOCK_SIZE, TYPE_SIZE, 
+        w = decode_tile_fast(
+blocks_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+BLOCK_SIZE, TYPE_SIZE, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
