@@ -2,7 +2,7 @@
 # kernel:   higgs_p1_b2_b2_g256_769faf30_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p1_b2   spec key: 769faf30fae68c4f0437fbe3564708f7147ee1bc386b4f8ea6d76d891bcc2650
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 0dec125639f3dff7
+# arch:     sm90   family: gemv   template hash: c895c34eb7f6e43a
 """higgs_p1_b2_b2_g256_769faf30_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p1_b2` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -67,6 +67,47 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl
 
 
 @triton.jit
+def decode_tile_fast(codes_ptr, scales_ptr, grid_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 32 // BITS
+    # codes [N, K*BITS/32]: field k of row n is bits [BITS*(k % PER), +BITS) of word k // PER (LSB first;
+    # twin: ir.bitpack.unpack_cols)
+    kw = k0 // PER + tl.arange(0, BLOCK_K // PER)
+    row = offs_n.to(tl.int64) * (K // PER)
+    words = tl.load(codes_ptr + row[None, :] + kw[:, None], mask=(kw[:, None] < K // PER) & mask_n[None, :], other=0)
+    q = (words[:, None, :] >> (tl.arange(0, PER) * BITS)[None, :, None]) & ((1 << BITS) - 1)
+    grid = tl.broadcast_to(tl.load(grid_ptr + tl.arange(0, 1 << BITS))[:, None], (1 << BITS, BLOCK_N))
+    v = tl.gather(grid, tl.reshape(q, (BLOCK_K, BLOCK_N)), 0)
+    if BLOCK_K <= GROUP_SIZE:
+        s = tl.load(scales_ptr + offs_n * (K // GROUP_SIZE) + k0 // GROUP_SIZE, mask=mask_n & (k0 < K), other=0.0)[None, :]
+    else:
+        kk = k0 + tl.arange(0, BLOCK_K)
+        s = tl.load(scales_ptr + offs_n[None, :] * (K // GROUP_SIZE) + kk[:, None] // GROUP_SIZE,
+                    mask=mask_n[None, :] & (kk[:, None] < K), other=0.0)
+    return (v * s).to(tl.float32)  # an fp16 multiply, as the reference
+
+
+
+
+@triton.jit
+def decode_parts_fast(codes_ptr, scales_ptr, grid_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 32 // BITS
+    # codes [N, K*BITS/32]: field k of row n is bits [BITS*(k % PER), +BITS) of word k // PER (LSB first;
+    # twin: ir.bitpack.unpack_cols)
+    kw = k0 // PER + tl.arange(0, BLOCK_K // PER)
+    row = offs_n.to(tl.int64) * (K // PER)
+    words = tl.load(codes_ptr + row[None, :] + kw[:, None], mask=(kw[:, None] < K // PER) & mask_n[None, :], other=0)
+    q = (words[:, None, :] >> (tl.arange(0, PER) * BITS)[None, :, None]) & ((1 << BITS) - 1)
+    grid = tl.broadcast_to(tl.load(grid_ptr + tl.arange(0, 1 << BITS))[:, None], (1 << BITS, BLOCK_N))
+    v = tl.gather(grid, tl.reshape(q, (BLOCK_K, BLOCK_N)), 0)
+    s = tl.load(scales_ptr + offs_n * (K // GROUP_SIZE) + k0 // GROUP_SIZE, mask=mask_n & (k0 < K), other=0.0)
+    return v.to(tl.float32), s.to(tl.float32)[None, :], tl.zeros((1, BLOCK_N), dtype=tl.float32)
+
+
+
+
+@triton.jit
 def higgs_p1_b2_b2_g256_769faf30_sm90_gemv_m1n64k128s1w4p2(
     x_ptr, y_ptr, bias_ptr,
     codes_ptr,
@@ -93,15 +134,14 @@ def higgs_p1_b2_b2_g256_769faf30_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-codes_ptr, scales_ptr, grid_ptr, offs_k, offs_n, w_mask, N, K,
-BITS, GROUP_SIZE, HADAMARD_SIZE, P, 
+        q, s, z = decode_parts_fast(
+codes_ptr, scales_ptr, grid_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+BITS, GROUP_SIZE, HADAMARD_SIZE, P, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
+        xf = x.to(tl.float32)
+        acc += s * (tl.sum(xf[:, :, None] * q[None, :, :], axis=1) - z * tl.sum(xf, axis=1)[:, None])
     # epilogue
     out = acc
     if HAS_BIAS:
