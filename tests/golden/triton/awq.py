@@ -2,7 +2,7 @@
 # kernel:   awq_b4_g128_f8fa7c06_sm90_gemv_m1n64k128s1w4p2
 # format:   awq   spec key: f8fa7c068b05902b2e55fcd75695079ea22898aaca4c686166ecf589ea1a9dbc
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f0c56e9eacc36426
+# arch:     sm90   family: gemv   template hash: f7bb854f3aa1587e
 """awq_b4_g128_f8fa7c06_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `awq` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -71,6 +71,13 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr, ):
 
 
 @triton.jit
+def _fp16_of_code(q):
+    """1024 + q as float16 for an int32 code 0 <= q < 1024, built by bits (0x6400 is 1024.0) instead of an
+    int->float conversion; the difference of two such values is q1 - q2 exactly (twin: ir.bitpack.magic_u2f)."""
+    return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
 def decode_tile_fast(qweight_ptr, qzeros_ptr, scales_ptr, k0, offs_n, mask_n, N, K,
 BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     PER: tl.constexpr = 8
@@ -89,9 +96,23 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                
     zw = tl.load(qzeros_ptr + g * WN + wcol[None, :], mask=zmask, other=0)
     z = tl.reshape((zw[:, :, None] >> shifts[None, None, :]) & 15, (BLOCK_K, BLOCK_N))
     s = tl.load(scales_ptr + gs * N + offs_n[None, :], mask=(gs < tl.cdiv(K, GS)) & mask_n[None, :], other=0.0)
-    return ((q - z).to(tl.float16) * s).to(tl.float32)
+    return (_fp16_of_code(q) - _fp16_of_code(z)) * s
 
 
+
+
+@triton.jit
+def _fields_f32(words, slot, BITS: tl.constexpr):
+    """Float32 of the BITS-wide field `slot` of LSB-first int32 words, exact and without an int->float
+    conversion (those run at a quarter of the LOP3/FFMA rate on sm80/sm90): the field stays at its bit
+    position p (the word is shifted right 16 first if the field would reach the float exponent), one LOP3
+    keeps it and sets the exponent bits of 2**23 ((w | E) & (mask | E) == (w & mask) | E), which reads as
+    2**23 + q * 2**p; one FFMA by 2**-p minus 2**(23 - p) leaves q. Twin: ir.bitpack.magic_u2f."""
+    pos = slot * BITS
+    sh = tl.where(pos + BITS > 23, 16, 0)
+    p = pos - sh
+    f = ((words >> sh) | 0x4B000000) & ((((1 << BITS) - 1) << p) | 0x4B000000)
+    return f.to(tl.float32, bitcast=True) * (1.0 / (1 << p).to(tl.float32)) - (1 << (23 - p)).to(tl.float32)
 
 
 @triton.jit
@@ -106,14 +127,14 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                
     words = tl.load(qweight_ptr + kk[:, None] * WN + wcol[None, :], mask=wmask, other=0)
     c = tl.arange(0, PER)
     shifts = tl.where(c == 0, 0, tl.where(c == 1, 16, tl.where(c == 2, 4, tl.where(c == 3, 20, tl.where(c == 4, 8, tl.where(c == 5, 24, tl.where(c == 6, 12, 28)))))))
-    q = tl.reshape((words[:, :, None] >> shifts[None, None, :]) & 15, (BLOCK_K, BLOCK_N))
+    q = tl.reshape(_fields_f32(words[:, :, None], (shifts // 4)[None, None, :], 4), (BLOCK_K, BLOCK_N))
     g = k0 // GS + tl.zeros((1, BLOCK_N // PER), dtype=tl.int32)
     gs = k0 // GS + tl.zeros((1, BLOCK_N), dtype=tl.int32)
     zmask = (g < tl.cdiv(K, GS)) & (wcol[None, :] < WN)
     zw = tl.load(qzeros_ptr + g * WN + wcol[None, :], mask=zmask, other=0)
     z = tl.reshape((zw[:, :, None] >> shifts[None, None, :]) & 15, (1, BLOCK_N))
     s = tl.load(scales_ptr + gs * N + offs_n[None, :], mask=(gs < tl.cdiv(K, GS)) & mask_n[None, :], other=0.0)
-    return q.to(tl.float32), s.to(tl.float32), z.to(tl.float32)
+    return q, s.to(tl.float32), z.to(tl.float32)
 
 
 

@@ -2,7 +2,7 @@
 # kernel:   eqat_w2g64_b2_g64_cb491a46_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat_w2g64   spec key: cb491a462309f39100416f9fdd2e2c273ac71f4f9f4f3cd76cd03557653b4bdf
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 289d62d9ea913519
+# arch:     sm90   family: gemv   template hash: bda10babde914272
 """eqat_w2g64_b2_g64_cb491a46_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat_w2g64` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -71,6 +71,14 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr, ):
 
 
 @triton.jit
+def _fp16_of_code(q):
+    """1024 + q as float16 for an int32 code 0 <= q < 1024, built by bits (0x6400 is 1024.0) instead of an
+    int->float conversion; the difference of two such values is q1 - q2 exactly (twin: ir.bitpack.magic_u2f)."""
+    return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+
+@triton.jit
 def decode_tile_fast(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, mask_n, N, K,
 BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     PER: tl.constexpr = 16
@@ -90,7 +98,7 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                
     zw = tl.load(qzeros_ptr + g * zcols + offs_n[None, :] // PER, mask=gmask, other=0)
     z = (zw >> ((offs_n[None, :] % PER) * 2)) & 3
     s = tl.load(scales_ptr + g * N + offs_n[None, :], mask=gmask, other=0.0)
-    return ((q - z).to(tl.float16) * s).to(tl.float32)
+    return (_fp16_of_code(q) - _fp16_of_code(z)) * s
 
 
 

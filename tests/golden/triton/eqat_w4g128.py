@@ -2,7 +2,7 @@
 # kernel:   eqat_w4g128_b4_g128_1552d827_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat_w4g128   spec key: 1552d827097a91721828b29a086f15615b518a85dc89e9340eac792d07c79c10
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 289d62d9ea913519
+# arch:     sm90   family: gemv   template hash: bda10babde914272
 """eqat_w4g128_b4_g128_1552d827_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat_w4g128` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -71,6 +71,14 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr, ):
 
 
 @triton.jit
+def _fp16_of_code(q):
+    """1024 + q as float16 for an int32 code 0 <= q < 1024, built by bits (0x6400 is 1024.0) instead of an
+    int->float conversion; the difference of two such values is q1 - q2 exactly (twin: ir.bitpack.magic_u2f)."""
+    return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+
+@triton.jit
 def decode_tile_fast(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, mask_n, N, K,
 BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     PER: tl.constexpr = 8
@@ -90,8 +98,23 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                
     zw = tl.load(qzeros_ptr + g * zcols + offs_n[None, :] // PER, mask=gmask, other=0)
     z = (zw >> ((offs_n[None, :] % PER) * 4)) & 15
     s = tl.load(scales_ptr + g * N + offs_n[None, :], mask=gmask, other=0.0)
-    return ((q - z).to(tl.float16) * s).to(tl.float32)
+    return (_fp16_of_code(q) - _fp16_of_code(z)) * s
 
+
+
+
+@triton.jit
+def _fields_f32(words, slot, BITS: tl.constexpr):
+    """Float32 of the BITS-wide field `slot` of LSB-first int32 words, exact and without an int->float
+    conversion (those run at a quarter of the LOP3/FFMA rate on sm80/sm90): the field stays at its bit
+    position p (the word is shifted right 16 first if the field would reach the float exponent), one LOP3
+    keeps it and sets the exponent bits of 2**23 ((w | E) & (mask | E) == (w & mask) | E), which reads as
+    2**23 + q * 2**p; one FFMA by 2**-p minus 2**(23 - p) leaves q. Twin: ir.bitpack.magic_u2f."""
+    pos = slot * BITS
+    sh = tl.where(pos + BITS > 23, 16, 0)
+    p = pos - sh
+    f = ((words >> sh) | 0x4B000000) & ((((1 << BITS) - 1) << p) | 0x4B000000)
+    return f.to(tl.float32, bitcast=True) * (1.0 / (1 << p).to(tl.float32)) - (1 << (23 - p)).to(tl.float32)
 
 
 
@@ -103,9 +126,8 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                
     rows = k0 // PER + tl.arange(0, BLOCK_K // PER)
     words = tl.load(qweight_ptr + rows[:, None] * N + offs_n[None, :],
                     mask=(rows[:, None] < K // PER) & mask_n[None, :], other=0)
-    shifts = tl.arange(0, PER) * 4
-    q = (words[:, None, :] >> shifts[None, :, None]) & 15
-    q = tl.reshape(q, (BLOCK_K, BLOCK_N)).to(tl.float32)
+    q = _fields_f32(words[:, None, :], tl.arange(0, PER)[None, :, None], 4)
+    q = tl.reshape(q, (BLOCK_K, BLOCK_N))
     g = k0 // GS
     gmask = (g < tl.cdiv(K, GS)) & mask_n[None, :]
     zw = tl.load(qzeros_ptr + g * tl.cdiv(N, PER) + offs_n[None, :] // PER, mask=gmask, other=0)

@@ -2,7 +2,7 @@
 # kernel:   int2_g128_asym_b2_g128_b208a0f6_sm90_gemv_m1n64k128s1w4p2
 # format:   int2_g128_asym   spec key: b208a0f6614f1a44126d08228676ca558bd8c16323a0f7bfeda113a0e9aebbd3
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: cf408ee033027e59
+# arch:     sm90   family: gemv   template hash: cea733428a011a51
 """int2_g128_asym_b2_g128_b208a0f6_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int2_g128_asym` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -72,6 +72,14 @@ BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.co
 
 
 @triton.jit
+def _fp16_of_code(q):
+    """1024 + q as float16 for an int32 code 0 <= q < 1024, built by bits (0x6400 is 1024.0) instead of an
+    int->float conversion; the difference of two such values is q1 - q2 exactly (twin: ir.bitpack.magic_u2f)."""
+    return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+
+@triton.jit
 def decode_tile_fast(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, mask_n, N, K,
 BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     PER: tl.constexpr = 16
@@ -91,8 +99,23 @@ BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.co
     zw = tl.load(qzeros_ptr + g * zcols + offs_n[None, :] // PER, mask=gmask, other=0)
     z = (zw >> ((offs_n[None, :] % PER) * 2)) & 3
     s = tl.load(scales_ptr + g * N + offs_n[None, :], mask=gmask, other=0.0)
-    return ((q - z).to(tl.float16) * s).to(tl.float32)
+    return (_fp16_of_code(q) - _fp16_of_code(z)) * s
 
+
+
+
+@triton.jit
+def _fields_f32(words, slot, BITS: tl.constexpr):
+    """Float32 of the BITS-wide field `slot` of LSB-first int32 words, exact and without an int->float
+    conversion (those run at a quarter of the LOP3/FFMA rate on sm80/sm90): the field stays at its bit
+    position p (the word is shifted right 16 first if the field would reach the float exponent), one LOP3
+    keeps it and sets the exponent bits of 2**23 ((w | E) & (mask | E) == (w & mask) | E), which reads as
+    2**23 + q * 2**p; one FFMA by 2**-p minus 2**(23 - p) leaves q. Twin: ir.bitpack.magic_u2f."""
+    pos = slot * BITS
+    sh = tl.where(pos + BITS > 23, 16, 0)
+    p = pos - sh
+    f = ((words >> sh) | 0x4B000000) & ((((1 << BITS) - 1) << p) | 0x4B000000)
+    return f.to(tl.float32, bitcast=True) * (1.0 / (1 << p).to(tl.float32)) - (1 << (23 - p)).to(tl.float32)
 
 
 
@@ -104,9 +127,8 @@ BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.co
     rows = k0 // PER + tl.arange(0, BLOCK_K // PER)
     words = tl.load(qweight_ptr + rows[:, None] * N + offs_n[None, :],
                     mask=(rows[:, None] < K // PER) & mask_n[None, :], other=0)
-    shifts = tl.arange(0, PER) * 2
-    q = (words[:, None, :] >> shifts[None, :, None]) & 3
-    q = tl.reshape(q, (BLOCK_K, BLOCK_N)).to(tl.float32)
+    q = _fields_f32(words[:, None, :], tl.arange(0, PER)[None, :, None], 2)
+    q = tl.reshape(q, (BLOCK_K, BLOCK_N))
     g = k0 // GS
     gmask = (g < tl.cdiv(K, GS)) & mask_n[None, :]
     zw = tl.load(qzeros_ptr + g * tl.cdiv(N, PER) + offs_n[None, :] // PER, mask=gmask, other=0)

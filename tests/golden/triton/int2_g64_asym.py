@@ -2,7 +2,7 @@
 # kernel:   int2_g64_asym_b2_g64_aac4c42d_sm90_gemv_m1n64k128s1w4p2
 # format:   int2_g64_asym   spec key: aac4c42d3be2934b0e23aa3fa3189d744f7a6285749bbf6351666392f3220e43
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: cf408ee033027e59
+# arch:     sm90   family: gemv   template hash: cea733428a011a51
 """int2_g64_asym_b2_g64_aac4c42d_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int2_g64_asym` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -72,6 +72,14 @@ BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.co
 
 
 @triton.jit
+def _fp16_of_code(q):
+    """1024 + q as float16 for an int32 code 0 <= q < 1024, built by bits (0x6400 is 1024.0) instead of an
+    int->float conversion; the difference of two such values is q1 - q2 exactly (twin: ir.bitpack.magic_u2f)."""
+    return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+
+@triton.jit
 def decode_tile_fast(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, mask_n, N, K,
 BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     PER: tl.constexpr = 16
@@ -91,7 +99,7 @@ BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.co
     zw = tl.load(qzeros_ptr + g * zcols + offs_n[None, :] // PER, mask=gmask, other=0)
     z = (zw >> ((offs_n[None, :] % PER) * 2)) & 3
     s = tl.load(scales_ptr + g * N + offs_n[None, :], mask=gmask, other=0.0)
-    return ((q - z).to(tl.float16) * s).to(tl.float32)
+    return (_fp16_of_code(q) - _fp16_of_code(z)) * s
 
 
 
