@@ -93,6 +93,21 @@ def sign_extend(fields: torch.Tensor, bits: int) -> torch.Tensor:
     return (fields.to(torch.int64) ^ half) - half
 
 
+def signed_fields(words: torch.Tensor, slot: torch.Tensor | int, bits: int) -> torch.Tensor:
+    """Field `slot` of LSB-first int32 words as signed int32 (twin of the gemm kernel's _signed_fields): shift the
+    field to the top of the 32-bit word (wrapping), then shift back arithmetically, which sign-extends it."""
+    top = (words.to(torch.int64) << (32 - bits - slot * bits)) & 0xFFFFFFFF
+    return ((top - ((top >> 31) << 32)) >> (32 - bits)).to(torch.int32)
+
+
+def fields_as_float(words: torch.Tensor, slot: torch.Tensor | int, bits: int) -> torch.Tensor:
+    """Field `slot` as an exact float32 signed value by the exponent trick (twin of the gemv kernel's
+    _biased_float_fields): u = field ^ 2**(bits-1) = q + 2**(bits-1); u | 0x4B000000 as float32 is 2**23 + u."""
+    half = 1 << (bits - 1)
+    u = ((words.to(torch.int32) >> (slot * bits)) & ((1 << bits) - 1)) ^ half
+    return (u | 0x4B000000).view(torch.float32) - (8388608.0 + half)
+
+
 def weight_codes(W: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
     """int4 codes (int64 in [-8, 7]) of W [N, K] with per-row scales [N]."""
     return torch.round(W / weight_scale.float()[:, None]).clamp(QMIN, QMAX).to(torch.int64)

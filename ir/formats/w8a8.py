@@ -82,6 +82,12 @@ def quantize_activation(x: torch.Tensor, act_scale: torch.Tensor | float, kind: 
     return quantize_codes(x, torch.as_tensor(act_scale, dtype=torch.float32).reshape(-1)[0], kind)
 
 
+def int8_to_float_bits(q: torch.Tensor) -> torch.Tensor:
+    """int8 codes -> exact float32 without an int->float convert (twin of the gemv kernel's _int8_to_float):
+    q + 128 + 0x4B000000 read as float32 bits is 2**23 + 128 + q exactly, so subtracting 8388736 leaves q."""
+    return (q.to(torch.int32) + 0x4B000080).view(torch.float32) - 8388736.0
+
+
 def random_fp8_codes(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     """Uniformly random finite e4m3fn codes (bit patterns 0x7F and 0xFF, the NaNs, are redrawn as +-0)."""
     b = torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)

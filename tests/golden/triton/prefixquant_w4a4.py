@@ -2,7 +2,7 @@
 # kernel:   prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2
 # format:   prefixquant_w4a4   spec key: 7f274e29a48a6aabe7c7bea3bea89acbb17aa49e5bdd8ccb558de72fc7b805fe
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 74aee72893497631
+# arch:     sm90   family: gemv   template hash: a33480a6a462fd31
 """prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `prefixquant_w4a4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -62,6 +62,32 @@ ACT_BITS: tl.constexpr, BITS: tl.constexpr, HAD_SIZE: tl.constexpr, ONLINE_HADAM
 
 
 @triton.jit
+def decode_tile_fast(qweight_ptr, weight_scale_ptr, act_scale_ptr, k0, offs_n, mask_n, N, K,
+ACT_BITS: tl.constexpr, BITS: tl.constexpr, HAD_SIZE: tl.constexpr, ONLINE_HADAMARD: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 8
+    rows = k0 // PER + tl.arange(0, BLOCK_K // PER)
+    words = tl.load(qweight_ptr + offs_n[None, :] * (K // PER) + rows[:, None],
+                    mask=(rows[:, None] < K // PER) & mask_n[None, :], other=0)
+    q = _biased_float_fields(words[:, None, :], tl.arange(0, PER)[None, :, None], 4)
+    return tl.reshape(q, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def _signed_fields(words, slot, BITS: tl.constexpr):
+    """Field `slot` of LSB-first int32 words as a signed two's complement value (twin: prefixquant.signed_fields)."""
+    return (words << (32 - BITS - slot * BITS)) >> (32 - BITS)
+
+
+@triton.jit
+def _biased_float_fields(words, slot, BITS: tl.constexpr):
+    """Field `slot` as an exact fp32 signed value without an int->float convert (twin: prefixquant.fields_as_float)."""
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    u = ((words >> (slot * BITS)) & ((1 << BITS) - 1)) ^ HALF          # q + HALF in [0, 2^BITS)
+    return (u | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + HALF)
+
+
+
+@triton.jit
 def _round_half_even(v):
     """torch.round semantics (ties to even), the twin of the reference activation quantizer."""
     r = tl.floor(v + 0.5)
@@ -98,12 +124,10 @@ def prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-qweight_ptr, weight_scale_ptr, act_scale_ptr, offs_k, offs_n, w_mask, N, K,
-ACT_BITS, BITS, HAD_SIZE, ONLINE_HADAMARD, 
+        w = decode_tile_fast(
+qweight_ptr, weight_scale_ptr, act_scale_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+ACT_BITS, BITS, HAD_SIZE, ONLINE_HADAMARD, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         # prologue: static activation quantization, x_q = clamp(round(x / s_x), -8, 7)

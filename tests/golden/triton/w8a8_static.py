@@ -2,7 +2,7 @@
 # kernel:   w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2
 # format:   w8a8_static   spec key: 562c451e196a55d77861afdbdfb154809dacd5e00897483e1752f085d8fa6bbd
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: ae7d625a225a7873
+# arch:     sm90   family: gemv   template hash: b61b560df7ee127f
 """w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `w8a8_static` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -40,6 +40,22 @@ def decode_tile(weight_ptr, weight_scale_ptr, act_scale_ptr, offs_k, offs_n, mas
 
 
 @triton.jit
+def decode_tile_fast(weight_ptr, weight_scale_ptr, act_scale_ptr, k0, offs_n, mask_n, N, K,
+                     BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    w = tl.load(weight_ptr + offs_n[None, :] * K + offs_k[:, None], mask=(offs_k < K)[:, None] & mask_n[None, :],
+                other=0)
+    return _int8_to_float(w)
+
+
+@triton.jit
+def _int8_to_float(q):
+    """int8 -> exact fp32 without an int->float convert (twin of ir.formats.w8a8.int8_to_float_bits)."""
+    return (q.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+
+
+
+@triton.jit
 def _round_half_even(v):
     """torch.round semantics (ties to even), the twin of the reference activation quantizer."""
     r = tl.floor(v + 0.5)
@@ -72,12 +88,10 @@ def w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-weight_ptr, weight_scale_ptr, act_scale_ptr, offs_k, offs_n, w_mask, N, K,
-
+        w = decode_tile_fast(
+weight_ptr, weight_scale_ptr, act_scale_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         # prologue: static activation quantization, x_q = clamp(round(x / s_x), -128, 127)
