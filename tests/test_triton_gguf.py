@@ -16,9 +16,10 @@ KQUANTS = ("gguf_q4_k", "gguf_q2_k")
 @pytest.mark.parametrize("bits", [2, 4, 6, 8])
 def test_magic_field_is_exact(bits, gen):
     words = torch.randint(-2**31, 2**31 - 1, (4096,), generator=gen, dtype=torch.int64).to(torch.int32)
-    for shift in range(0, 24 - bits):
-        want = (((words.to(torch.int64) >> shift) & ((1 << bits) - 1)) << shift).to(torch.float32)
-        assert torch.equal(G.magic_field(words, shift, bits), want), (bits, shift)
+    for half, src in ((words, G.with_magic(words)), (words >> 16, G.with_magic(words >> 16))):
+        for shift in range(0, 17 - bits):
+            want = (((half.to(torch.int64) >> shift) & ((1 << bits) - 1)) << shift).to(torch.float32)
+            assert torch.equal(G.magic_field(src, shift, bits), want), (bits, shift)
 
 
 def _cfg(family, block_k, split_k=1, block_n=16):

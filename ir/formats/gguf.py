@@ -181,12 +181,17 @@ def unpack_bit_pieces(raw: torch.Tensor, pieces: tuple) -> torch.Tensor:
     return torch.stack(cols, dim=1)
 
 
+def with_magic(half: torch.Tensor) -> torch.Tensor:
+    """The low 16 bits of int32 `half` under the fp32 exponent bits of 2**23 (0x4B00xxxx); twin of `_with_magic`."""
+    return (half.to(torch.int32) & 0xFFFF) | 0x4B000000
+
+
 def magic_field(src: torch.Tensor, shift, bits: int) -> torch.Tensor:
-    """q * 2**shift as float32 for the `bits`-wide field at bit `shift` of int32 words (shift + bits <= 23),
-    without an int->float conversion: (field | 0x4B000000) read as float32 is exactly 2**23 + q * 2**shift.
+    """q * 2**shift as float32 for the `bits`-wide field at bit `shift` (shift + bits <= 16) of a `with_magic`
+    word, without an int->float conversion: the field under the exponent bits reads as 2**23 + q * 2**shift.
     Twin of the Triton helper `_magic_field` of the K-quant fast decode."""
-    v = (src.to(torch.int32) & (((1 << bits) - 1) << torch.as_tensor(shift, dtype=torch.int32))) | 0x4B000000
-    return v.view(torch.float32) - 8388608.0
+    mask = (((1 << bits) - 1) << torch.as_tensor(shift, dtype=torch.int32)) | 0x4B000000
+    return (src.to(torch.int32) & mask).view(torch.float32) - 8388608.0
 
 
 def block_fields(spec: FormatSpec) -> dict[str, tuple[int, int]]:

@@ -2,7 +2,7 @@
 # kernel:   gguf_q2_k_efabeada_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q2_k   spec key: efabeada2db127afae56ac2695ec6150f8425fb4efaa7000e644dfea78718f94
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a70b7da397b18867
+# arch:     sm90   family: gemv   template hash: 02f6fb6afc7c11b5
 """gguf_q2_k_efabeada_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q2_k` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -69,10 +69,16 @@ BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr, ):
 
 
 @triton.jit
+def _with_magic(half):
+    """The low 16 bits of `half` under the fp32 exponent bits of 2**23 (twin of ir.formats.gguf.with_magic)."""
+    return (half & 0xFFFF) | 0x4B000000
+
+
+@triton.jit
 def _magic_field(src, s, BITS: tl.constexpr):
-    """q * 2**s as fp32 for the BITS-wide field at bit s of src (s + BITS <= 23), by the 2**23 exponent trick
-    (twin of ir.formats.gguf.magic_field)."""
-    v = (src & (((1 << BITS) - 1) << s)) | 0x4B000000
+    """q * 2**s as fp32 for the BITS-wide field at bit s of a _with_magic word (s + BITS <= 16): one LOP3 + one
+    FADD, no int->float conversion (twin of ir.formats.gguf.magic_field)."""
+    v = src & ((((1 << BITS) - 1) << s) | 0x4B000000)
     return v.to(tl.float32, bitcast=True) - 8388608.0
 
 
@@ -93,30 +99,34 @@ BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr,                      BLOCK_K:
     NC: tl.constexpr = (BLOCK_K if BLOCK_K < 256 else 256) // E  # chunks per super-block in the tile
     SBW: tl.constexpr = TYPE_SIZE // 4                    # int32 words per super-block
     wp = blocks_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
-    sb = k0 // 256 + tl.arange(0, NSB)
     if BLOCK_K < 256:
         c = (k0 % 256) // E + tl.arange(0, NC)
     else:
         c = tl.arange(0, NC)
-    h = tl.arange(0, 2)
-    w = tl.arange(0, 4)
-    base = offs_n[:, None].to(tl.int64) * (K // 256 * SBW) + sb[None, :] * SBW                      # [BN, NSB]
-    bmask = mask_n[:, None] & (sb[None, :] < K // 256)
-    base5 = base[:, :, None, None, None]
-    qw = tl.load(wp + base5 + (4 + c[None, None, :, None, None] * 8 + h[None, None, None, :, None] * 4
-                              + w[None, None, None, None, :]),
-                 mask=bmask[:, :, None, None, None], other=0)                                          # [BN, NSB, NC, 2, 4]
-    d, dmin = _f16_pair(tl.load(wp + base + 20, mask=bmask, other=0))                   # [BN, NSB]
-    d = d[:, :, None, None, None]
-    dmin = dmin[:, :, None, None, None]
-    # sub-block of each (chunk, plane, half): [1, 1, NC, P, 2]
-    p = tl.arange(0, P)
-    sub = (c[None, None, :, None, None] * (E // 16) + p[None, None, None, :, None] * (32 // 16)
-           + h[None, None, None, None, :] * (16 // 16))
-    sw0 = tl.load(wp + base + 0, mask=bmask, other=0)[:, :, None, None, None]
-    sw1 = tl.load(wp + base + 1, mask=bmask, other=0)[:, :, None, None, None]
-    sw2 = tl.load(wp + base + 2, mask=bmask, other=0)[:, :, None, None, None]
-    sw3 = tl.load(wp + base + 3, mask=bmask, other=0)[:, :, None, None, None]
+    n = offs_n[:, None, None, None, None]                                                            # dims: [BN, NSB, NC, 2, 4]
+    sb = (k0 // 256 + tl.arange(0, NSB))[None, :, None, None, None]
+    c = c[None, None, :, None, None]
+    h = tl.arange(0, 2)[None, None, None, :, None]
+    w = tl.arange(0, 4)[None, None, None, None, :]
+    base = n.to(tl.int64) * (K // 256 * SBW) + sb * SBW                                             # [BN, NSB, 1, 1, 1]
+    bmask = (n < N) & (sb < K // 256)
+    # blocks only 4-byte aligned: one load per word of a 16-byte half, joined in registers (a coalesced [.., 4]
+    # load would spread w over lanes and cost a shared-memory round trip to the gemv's row-per-lane layout)
+    qa = wp + base + (4 + c * 8 + h * 4)
+    qw = tl.join(tl.join(tl.load(qa, mask=bmask, other=0), tl.load(qa + 2, mask=bmask, other=0)),
+                 tl.join(tl.load(qa + 1, mask=bmask, other=0), tl.load(qa + 3, mask=bmask, other=0)))
+    qw = tl.reshape(qw, (BLOCK_N, NSB, NC, 2, 4))                                                  # word 2*j + i
+    d, dmin = _f16_pair(tl.load(wp + base + 20, mask=bmask, other=0))
+    d = d[:, :, :, :, :, None, None]
+    dmin = dmin[:, :, :, :, :, None, None]
+    sw0 = tl.load(wp + base + 0, mask=bmask, other=0)[:, :, :, :, :, None, None]
+    sw1 = tl.load(wp + base + 1, mask=bmask, other=0)[:, :, :, :, :, None, None]
+    sw2 = tl.load(wp + base + 2, mask=bmask, other=0)[:, :, :, :, :, None, None]
+    sw3 = tl.load(wp + base + 3, mask=bmask, other=0)[:, :, :, :, :, None, None]
+    # the sub-block of each (chunk, half, plane): [1, 1, NC, 2, 1, P, 1]
+    p = tl.arange(0, P)[None, None, None, None, None, :, None]
+    sub = (c[:, :, :, :, :, None, None] * (E // 16) + p * (32 // 16)
+           + h[:, :, :, :, :, None, None] * 1)
     sc = tl.zeros_like(sub)
     wsel = tl.where(sub == 0, 0, tl.where(sub == 1, 0, tl.where(sub == 2, 0, tl.where(sub == 3, 0, tl.where(sub == 4, 1, tl.where(sub == 5, 1, tl.where(sub == 6, 1, tl.where(sub == 7, 1, tl.where(sub == 8, 2, tl.where(sub == 9, 2, tl.where(sub == 10, 2, tl.where(sub == 11, 2, tl.where(sub == 12, 3, tl.where(sub == 13, 3, tl.where(sub == 14, 3, 3)))))))))))))))
     src = tl.where(wsel == 0, sw0, tl.where(wsel == 1, sw1, tl.where(wsel == 2, sw2, sw3)))
@@ -127,15 +137,15 @@ BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr,                      BLOCK_K:
     src = tl.where(wsel == 0, sw0, tl.where(wsel == 1, sw1, tl.where(wsel == 2, sw2, sw3)))
     mn |= (src >> tl.where(sub == 0, 4, tl.where(sub == 1, 12, tl.where(sub == 2, 20, tl.where(sub == 3, 28, tl.where(sub == 4, 4, tl.where(sub == 5, 12, tl.where(sub == 6, 20, tl.where(sub == 7, 28, tl.where(sub == 8, 4, tl.where(sub == 9, 12, tl.where(sub == 10, 20, tl.where(sub == 11, 28, tl.where(sub == 12, 4, tl.where(sub == 13, 12, tl.where(sub == 14, 20, 28)))))))))))))))) & tl.where(sub == 0, 15, tl.where(sub == 1, 15, tl.where(sub == 2, 15, tl.where(sub == 3, 15, tl.where(sub == 4, 15, tl.where(sub == 5, 15, tl.where(sub == 6, 15, tl.where(sub == 7, 15, tl.where(sub == 8, 15, tl.where(sub == 9, 15, tl.where(sub == 10, 15, tl.where(sub == 11, 15, tl.where(sub == 12, 15, tl.where(sub == 13, 15, tl.where(sub == 14, 15, 15)))))))))))))))
 
-    sc = _magic_field(sc, 0, 8) * d                                                                # d*sc, dmin*m (exact)
-    mn = _magic_field(mn, 0, 8) * dmin
-    src = qw[:, :, :, None, :, :, None]                                                             # [BN, NSB, NC, 1, 2, 4, 1]
+    sc = ((sc | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0) * d                               # d*sc (exact)
+    mn = ((mn | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0) * dmin                            # dmin*m
     b = tl.arange(0, 4)[None, None, None, None, None, None, :]
-    src = tl.where(b >= 2, src >> 16, src)
-    s = p[None, None, None, :, None, None, None] * 2 + (b % 2) * 8                        # [1, 1, 1, P, 1, 1, 4]
-    q = _magic_field(src, s, 2)                                                            # q * 2**s
-    scale = sc[:, :, :, :, :, None, None] * (1.0 / (1 << s).to(tl.float32))
-    wt = q * scale - mn[:, :, :, :, :, None, None]                                                   # [BN, NSB, NC, P, 2, 4, 4]
+    lo = _with_magic(qw)[:, :, :, :, :, None, None]
+    hi = _with_magic(qw >> 16)[:, :, :, :, :, None, None]
+    s = p * 2 + (b % 2) * 8                                                                # [.., P, 4]
+    q = _magic_field(tl.where(b >= 2, hi, lo), s, 2)                                      # q * 2**s
+    wt = q * (sc * (1.0 / (1 << s).to(tl.float32))) - mn                                            # [BN, NSB, NC, 2, 4, P, 4]
+    wt = tl.permute(wt, (0, 1, 2, 5, 3, 4, 6))                                                      # [BN, NSB, NC, P, 2, 4, 4]
     return tl.trans(tl.reshape(wt, (BLOCK_N, BLOCK_K)))
 
 
