@@ -49,3 +49,16 @@ def test_fast_path_matches_reference(name, family, M, block_k, split_k, gen):
     for dtype in (torch.float16, torch.bfloat16):
         err = check_kernel(mod, qt, M, dtype, gen, bias=True)
         assert err < REL_TOL[dtype], f"{name} {family} k{block_k} s{split_k} {dtype}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("name", ("gguf_q4_0", "gguf_q8_0"))
+@pytest.mark.parametrize("family,M,block_k,split_k", [("gemv", 1, 64, 3), ("gemv", 3, 256, 1), ("gemm", 16, 128, 2)])
+def test_32_block_fast_path_matches_reference(name, family, M, block_k, split_k, gen):
+    """Q4_0 / Q8_0 codes through the exponent trick (Q8_0: every int8 code incl. -128 and 127 on random bytes)."""
+    spec = ir.get_format(name)
+    N, K = 24, 1120  # 35 blocks
+    qt = ir.QuantizedTensor(spec, (N, K), G.GGUFCodec().synthetic(spec, N, K, gen))
+    mod = kernel_module(spec, family, M, N, K, _cfg(family, block_k, split_k))
+    for dtype in (torch.float16, torch.bfloat16):
+        err = check_kernel(mod, qt, M, dtype, gen, bias=True)
+        assert err < REL_TOL[dtype], f"{name} {family} k{block_k} s{split_k} {dtype}: rel err {err:.2e}"

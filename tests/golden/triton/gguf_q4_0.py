@@ -2,7 +2,7 @@
 # kernel:   gguf_q4_0_210a82b2_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q4_0   spec key: 210a82b27c50186c74671648f3372785e8431af500997836199264e027a8311a
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 02f6fb6afc7c11b5
+# arch:     sm90   family: gemv   template hash: bebff431f04b0f24
 """gguf_q4_0_210a82b2_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q4_0` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -69,7 +69,9 @@ BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr,                      BLOCK_K:
     byte = tl.load(base[:, None, :] + 2 + j[None, :, None], mask=bmask[:, None, :], other=0)  # [NB, QS, BN]
     byte = byte.to(tl.int32)
     # element j of a block is the low nibble of byte j, element j + 16 the high nibble
-    q = tl.join(byte & 0xF, byte >> 4).permute(0, 3, 1, 2).to(tl.float32) - 8.0           # [NB, 2, 16, BN]
+    pl = tl.arange(0, 2)[None, :, None, None]
+    nib = ((byte[:, None, :, :] >> (4 * pl)) & 0xF) | 0x4B000000                                      # [NB, 2, 16, BN]
+    q = nib.to(tl.float32, bitcast=True) - 8388616.0
     w = tl.reshape(q, (NB, 32, BLOCK_N)) * d[:, None, :]
     return tl.reshape(w, (BLOCK_K, BLOCK_N))
 

@@ -2,7 +2,7 @@
 # kernel:   gguf_q8_0_a35e8393_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q8_0   spec key: a35e83931f6887c756f4f41ad56d55f5284441a445e64d958cd7f476e8932d56
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 02f6fb6afc7c11b5
+# arch:     sm90   family: gemv   template hash: bebff431f04b0f24
 """gguf_q8_0_a35e8393_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q8_0` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -67,7 +67,9 @@ BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr,                      BLOCK_K:
     d = _f16_at(base + 0, bmask)                                                                  # [NB, BN]
     j = tl.arange(0, QS_BYTES)
     byte = tl.load(base[:, None, :] + 2 + j[None, :, None], mask=bmask[:, None, :], other=0)  # [NB, QS, BN]
-    q = byte.to(tl.int8, bitcast=True).to(tl.float32)
+    byte = byte.to(tl.int32)
+    # int8 code q: (q + 128) = byte ^ 0x80, under the exponent bits of 2**23 in the same LOP3
+    q = (byte ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0                                  # [NB, 32, BN]
     w = tl.reshape(q, (NB, 32, BLOCK_N)) * d[:, None, :]
     return tl.reshape(w, (BLOCK_K, BLOCK_N))
 
