@@ -2,7 +2,7 @@
 # kernel:   prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2
 # format:   prefixquant_w4a4   spec key: 7f274e29a48a6aabe7c7bea3bea89acbb17aa49e5bdd8ccb558de72fc7b805fe
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a33480a6a462fd31
+# arch:     sm90   family: gemv   template hash: eac622ee41464133
 """prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `prefixquant_w4a4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -76,6 +76,25 @@ ACT_BITS: tl.constexpr, BITS: tl.constexpr, HAD_SIZE: tl.constexpr, ONLINE_HADAM
 def _signed_fields(words, slot, BITS: tl.constexpr):
     """Field `slot` of LSB-first int32 words as a signed two's complement value (twin: prefixquant.signed_fields)."""
     return (words << (32 - BITS - slot * BITS)) >> (32 - BITS)
+
+
+@triton.jit
+def _k_major_codes(wt, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """int32 words [BLOCK_N, BLOCK_K / 8] (8 int4 codes each) -> int8 codes [BLOCK_N, BLOCK_K]. tl.join stacks
+    registers of one thread, so each word's 8 codes end up consecutive along K in the thread that loaded it:
+    the tile reaches the MMA operand with no layout shuffle (M=16: straight into mma registers; M=128: 16-byte
+    shared-memory stores), where a [BLOCK_K / 8, 8, BLOCK_N] broadcast + reshape stores one byte at a time.
+    The join tree puts code 4p + 2q + r at [..., p, q, r], so the reshape reads codes 0..7 in order."""
+    c0 = _signed_fields(wt, 0, 4).to(tl.int8)
+    c1 = _signed_fields(wt, 1, 4).to(tl.int8)
+    c2 = _signed_fields(wt, 2, 4).to(tl.int8)
+    c3 = _signed_fields(wt, 3, 4).to(tl.int8)
+    c4 = _signed_fields(wt, 4, 4).to(tl.int8)
+    c5 = _signed_fields(wt, 5, 4).to(tl.int8)
+    c6 = _signed_fields(wt, 6, 4).to(tl.int8)
+    c7 = _signed_fields(wt, 7, 4).to(tl.int8)
+    q = tl.join(tl.join(tl.join(c0, c4), tl.join(c2, c6)), tl.join(tl.join(c1, c5), tl.join(c3, c7)))
+    return tl.reshape(q, (BLOCK_N, BLOCK_K))
 
 
 @triton.jit
