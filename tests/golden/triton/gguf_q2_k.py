@@ -2,7 +2,7 @@
 # kernel:   gguf_q2_k_efabeada_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q2_k   spec key: efabeada2db127afae56ac2695ec6150f8425fb4efaa7000e644dfea78718f94
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: bebff431f04b0f24
+# arch:     sm90   family: gemv   template hash: 353dbf9d1e3655d7
 """gguf_q2_k_efabeada_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q2_k` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -103,26 +103,33 @@ BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr,                      BLOCK_K:
         c = (k0 % 256) // E + tl.arange(0, NC)
     else:
         c = tl.arange(0, NC)
-    n = offs_n[:, None, None, None, None]                                                            # dims: [BN, NSB, NC, 2, 4]
-    sb = (k0 // 256 + tl.arange(0, NSB))[None, :, None, None, None]
-    c = c[None, None, :, None, None]
+    c = c[None, None, :, None, None]                                                                 # dims: [BN, NSB, NC, 2, 4]
     h = tl.arange(0, 2)[None, None, None, :, None]
     w = tl.arange(0, 4)[None, None, None, None, :]
-    base = n.to(tl.int64) * (K // 256 * SBW) + sb * SBW                                             # [BN, NSB, 1, 1, 1]
-    bmask = (n < N) & (sb < K // 256)
-    # blocks only 4-byte aligned: one load per word of a 16-byte half, joined in registers (a coalesced [.., 4]
-    # load would spread w over lanes and cost a shared-memory round trip to the gemv's row-per-lane layout)
-    qa = wp + base + (4 + c * 8 + h * 4)
-    qw = tl.join(tl.join(tl.load(qa, mask=bmask, other=0), tl.load(qa + 2, mask=bmask, other=0)),
-                 tl.join(tl.load(qa + 1, mask=bmask, other=0), tl.load(qa + 3, mask=bmask, other=0)))
-    qw = tl.reshape(qw, (BLOCK_N, NSB, NC, 2, 4))                                                  # word 2*j + i
-    d, dmin = _f16_pair(tl.load(wp + base + 20, mask=bmask, other=0))
+    sb3 = (k0 // 256 + tl.arange(0, NSB))[None, :, None]
+    base3 = offs_n[:, None, None].to(tl.int64) * (K // 256 * SBW) + sb3 * SBW                        # [BN, NSB, 1]
+    mask3 = mask_n[:, None, None] & (sb3 < K // 256)
+    base = base3[:, :, :, None, None]                                                                # [BN, NSB, 1, 1, 1]
+    bmask = mask3[:, :, :, None, None]
+    # blocks only 4-byte aligned: the tile's qs words of a row as one contiguous dim, so a warp's 4-byte loads
+    # run along K (up to 16 lanes x 4 B per row); the gemv's row-per-lane layout then takes one shared-memory
+    # pass, cheaper in L1 wavefronts than 32 rows x 4 B per load instruction
+    qi = tl.arange(0, NC * 8)[None, None, :] + 4
+    if BLOCK_K < 256:
+        qi += (k0 % 256) // E * 8
+    qw = tl.reshape(tl.load(wp + base3 + qi, mask=mask3, other=0), (BLOCK_N, NSB, NC, 2, 4))
+    hw20 = tl.load(wp + base + 20, mask=bmask, other=0)
+    hw0 = tl.load(wp + base + 0, mask=bmask, other=0)
+    hw1 = tl.load(wp + base + 1, mask=bmask, other=0)
+    hw2 = tl.load(wp + base + 2, mask=bmask, other=0)
+    hw3 = tl.load(wp + base + 3, mask=bmask, other=0)
+    d, dmin = _f16_pair(hw20)
     d = d[:, :, :, :, :, None, None]
     dmin = dmin[:, :, :, :, :, None, None]
-    sw0 = tl.load(wp + base + 0, mask=bmask, other=0)[:, :, :, :, :, None, None]
-    sw1 = tl.load(wp + base + 1, mask=bmask, other=0)[:, :, :, :, :, None, None]
-    sw2 = tl.load(wp + base + 2, mask=bmask, other=0)[:, :, :, :, :, None, None]
-    sw3 = tl.load(wp + base + 3, mask=bmask, other=0)[:, :, :, :, :, None, None]
+    sw0 = hw0[:, :, :, :, :, None, None]
+    sw1 = hw1[:, :, :, :, :, None, None]
+    sw2 = hw2[:, :, :, :, :, None, None]
+    sw3 = hw3[:, :, :, :, :, None, None]
     # the sub-block of each (chunk, half, plane): [1, 1, NC, 2, 1, P, 1]
     p = tl.arange(0, P)[None, None, None, None, None, :, None]
     sub = (c[:, :, :, :, :, None, None] * (E // 16) + p * (32 // 16)

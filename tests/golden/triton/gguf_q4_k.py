@@ -2,7 +2,7 @@
 # kernel:   gguf_q4_k_45d4f031_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q4_k   spec key: 45d4f0316f5ae2fcefa9c2ba6c9f64778e702802995a46bb290aec175fcdc028
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: bebff431f04b0f24
+# arch:     sm90   family: gemv   template hash: 353dbf9d1e3655d7
 """gguf_q4_k_45d4f031_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q4_k` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -107,20 +107,30 @@ BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr,                      BLOCK_K:
         c = (k0 % 256) // E + tl.arange(0, NC)
     else:
         c = tl.arange(0, NC)
-    n = offs_n[:, None, None, None, None]                                                            # dims: [BN, NSB, NC, 2, 4]
-    sb = (k0 // 256 + tl.arange(0, NSB))[None, :, None, None, None]
-    c = c[None, None, :, None, None]
+    c = c[None, None, :, None, None]                                                                 # dims: [BN, NSB, NC, 2, 4]
     h = tl.arange(0, 2)[None, None, None, :, None]
     w = tl.arange(0, 4)[None, None, None, None, :]
-    base = n.to(tl.int64) * (K // 256 * SBW) + sb * SBW                                             # [BN, NSB, 1, 1, 1]
-    bmask = (n < N) & (sb < K // 256)
+    sb3 = (k0 // 256 + tl.arange(0, NSB))[None, :, None]
+    base3 = offs_n[:, None, None].to(tl.int64) * (K // 256 * SBW) + sb3 * SBW                        # [BN, NSB, 1]
+    mask3 = mask_n[:, None, None] & (sb3 < K // 256)
+    base = base3[:, :, :, None, None]                                                                # [BN, NSB, 1, 1, 1]
+    bmask = mask3[:, :, :, None, None]
     qw = tl.load(wp + base + (4 + c * 8 + h * 4 + w), mask=bmask, other=0)  # 16-byte loads
-    d, dmin = _f16_pair(tl.load(wp + base + 0, mask=bmask, other=0))
+    # d/dmin and the packed scales are the block's first 16 bytes: one 16-byte load per (row, super-block)
+    hdr = tl.reshape(tl.load(wp + base3 + tl.arange(0, 4)[None, None, :], mask=mask3, other=0), (BLOCK_N, NSB, 2, 2))
+    hw02, hw13 = tl.split(hdr)
+    hw0, hw2 = tl.split(hw02)
+    hw1, hw3 = tl.split(hw13)
+    hw0 = hw0[:, :, None, None, None]
+    hw1 = hw1[:, :, None, None, None]
+    hw2 = hw2[:, :, None, None, None]
+    hw3 = hw3[:, :, None, None, None]
+    d, dmin = _f16_pair(hw0)
     d = d[:, :, :, :, :, None, None]
     dmin = dmin[:, :, :, :, :, None, None]
-    sw1 = tl.load(wp + base + 1, mask=bmask, other=0)[:, :, :, :, :, None, None]
-    sw2 = tl.load(wp + base + 2, mask=bmask, other=0)[:, :, :, :, :, None, None]
-    sw3 = tl.load(wp + base + 3, mask=bmask, other=0)[:, :, :, :, :, None, None]
+    sw1 = hw1[:, :, :, :, :, None, None]
+    sw2 = hw2[:, :, :, :, :, None, None]
+    sw3 = hw3[:, :, :, :, :, None, None]
     # the sub-block of each (chunk, half, plane): [1, 1, NC, 2, 1, P, 1]
     p = tl.arange(0, P)[None, None, None, None, None, :, None]
     sub = (c[:, :, :, :, :, None, None] * (E // 32) + p * (32 // 32)
