@@ -189,7 +189,7 @@ def with_magic(half: torch.Tensor) -> torch.Tensor:
 def magic_field(src: torch.Tensor, shift, bits: int) -> torch.Tensor:
     """q * 2**shift as float32 for the `bits`-wide field at bit `shift` (shift + bits <= 16) of a `with_magic`
     word, without an int->float conversion: the field under the exponent bits reads as 2**23 + q * 2**shift.
-    Twin of the Triton helper `_magic_field` of the K-quant fast decode."""
+    Twin of the Triton helper `_magic_field` of the GGUF fast decodes (templates/triton/decode/gguf.jinja)."""
     mask = (((1 << bits) - 1) << torch.as_tensor(shift, dtype=torch.int32)) | 0x4B000000
     return (src.to(torch.int32) & mask).view(torch.float32) - 8388608.0
 

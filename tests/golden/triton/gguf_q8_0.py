@@ -2,7 +2,7 @@
 # kernel:   gguf_q8_0_a35e8393_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q8_0   spec key: a35e83931f6887c756f4f41ad56d55f5284441a445e64d958cd7f476e8932d56
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 353dbf9d1e3655d7
+# arch:     sm90   family: gemv   template hash: 4f148c8803397d68
 """gguf_q8_0_a35e8393_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q8_0` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -57,21 +57,34 @@ BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr, ):
 
 
 @triton.jit
+def _magic_field(src, s, BITS: tl.constexpr):
+    """u * 2**s as fp32 for the BITS-wide field at bit s of a 16-bit half under the exponent bits of 2**23
+    (0x4B00xxxx, s + BITS <= 16): one LOP3 + one FADD (twin of ir.formats.gguf.magic_field)."""
+    v = src & ((((1 << BITS) - 1) << s) | 0x4B000000)
+    return v.to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
 def decode_tile_fast(blocks_ptr, k0, offs_n, mask_n, N, K,
 BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // 32
-    QS_BYTES: tl.constexpr = 32
-    b = k0 // 32 + tl.arange(0, NB)
-    base = blocks_ptr + offs_n[None, :].to(tl.int64) * (K // 32 * TYPE_SIZE) + b[:, None] * TYPE_SIZE   # [NB, BN]
-    bmask = (b[:, None] < K // 32) & mask_n[None, :]
-    d = _f16_at(base + 0, bmask)                                                                  # [NB, BN]
-    j = tl.arange(0, QS_BYTES)
-    byte = tl.load(base[:, None, :] + 2 + j[None, :, None], mask=bmask[:, None, :], other=0)  # [NB, QS, BN]
-    byte = byte.to(tl.int32)
-    # int8 code q: (q + 128) = byte ^ 0x80, under the exponent bits of 2**23 in the same LOP3
-    q = (byte ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0                                  # [NB, 32, BN]
-    w = tl.reshape(q, (NB, 32, BLOCK_N)) * d[:, None, :]
-    return tl.reshape(w, (BLOCK_K, BLOCK_N))
+    QSH: tl.constexpr = 16                  # qs halves per block
+    P: tl.constexpr = 1                          # code planes per byte
+    hp = blocks_ptr.to(tl.pointer_type(tl.uint16), bitcast=True)
+    b = (k0 // 32 + tl.arange(0, NB))[None, :, None]
+    base = offs_n[:, None, None].to(tl.int64) * (K // 32 * (TYPE_SIZE // 2)) + b * (TYPE_SIZE // 2)  # [BN, NB, 1]
+    bmask = mask_n[:, None, None] & (b < K // 32)
+    j = tl.arange(0, QSH)[None, None, :]
+    qh = tl.load(hp + base + (1 + j), mask=bmask, other=0).to(tl.int32)                 # [BN, NB, QSH]
+    d = tl.load(hp + base + 0, mask=bmask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
+    src = (qh ^ 0x4B008080)[:, :, None, :, None]                 # int8 codes + 128, under the exponent bits
+    p = tl.arange(0, P)[None, None, :, None, None]
+    bb = tl.arange(0, 2)[None, None, None, None, :]
+    s = p * 8 + bb * 8                                                                      # [.., P, 1, 2]
+    u = _magic_field(src, s, 8)                                                              # u * 2**s
+    d = d[:, :, :, None, None]
+    w = u * (d * (1.0 / (1 << s).to(tl.float32))) - 128.0 * d                                  # [BN, NB, P, QSH, 2]
+    return tl.trans(tl.reshape(w, (BLOCK_N, BLOCK_K)))
 
 
 
