@@ -2,7 +2,7 @@
 # kernel:   gguf_q4_k_45d4f031_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q4_k   spec key: 45d4f0316f5ae2fcefa9c2ba6c9f64778e702802995a46bb290aec175fcdc028
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 4f148c8803397d68
+# arch:     sm90   family: gemv   template hash: f77b574e2326bc88
 """gguf_q4_k_45d4f031_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q4_k` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -80,8 +80,8 @@ def _with_magic(half):
 
 @triton.jit
 def _magic_field(src, s, BITS: tl.constexpr):
-    """q * 2**s as fp32 for the BITS-wide field at bit s of a _with_magic word (s + BITS <= 16): one LOP3 + one
-    FADD, no int->float conversion (twin of ir.formats.gguf.magic_field)."""
+    """u * 2**s as fp32 for the BITS-wide field at bit s of a 16-bit half under the exponent bits of 2**23
+    (0x4B00xxxx, s + BITS <= 16): one LOP3 + one FADD, no int->float conversion (twin of ir.formats.gguf.magic_field)."""
     v = src & ((((1 << BITS) - 1) << s) | 0x4B000000)
     return v.to(tl.float32, bitcast=True) - 8388608.0
 
