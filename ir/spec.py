@@ -18,6 +18,7 @@ the value and what would be valid. Nothing mutates after construction. Every obj
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -82,8 +83,15 @@ class _Keyed:
 
     @property
     def key(self) -> str:
-        payload = json.dumps({"schema": SCHEMA_VERSION, "value": self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return _content_key(self)
+
+
+@functools.lru_cache(maxsize=4096)
+def _content_key(obj: _Keyed) -> str:
+    """sha256 of the canonical JSON, cached per value (frozen, hashable): the runtime reads spec.key on
+    every call, and rebuilding the JSON cost ~120 us per read."""
+    payload = json.dumps({"schema": SCHEMA_VERSION, "value": obj.to_dict()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,8 +122,10 @@ class QuantLinear(nn.Module):
         tensors = [getattr(self, n) for n in self._names]
         if self._dequantized is not None and not op.uses_kernel(self.spec, x.device, x.dtype):
             return op.reference_matmul(self.spec, dict(zip(self._names, tensors)), x, self._dequantized, self.bias)
-        return torch.ops.quantcc.quant_linear(x, tensors, self._names_arg, self.bias, self._spec_key,
-                                              self.out_features)
+        if torch.compiler.is_compiling():  # traced as one opaque op (fake impl for shapes)
+            return torch.ops.quantcc.quant_linear(x, tensors, self._names_arg, self.bias, self._spec_key,
+                                                  self.out_features)
+        return op.run_quant_linear(self.spec, dict(zip(self._names, tensors)), x, self.bias, self.out_features)
 
     def cache_dequantized(self, enable: bool = True) -> "QuantLinear":
         """Keep (or drop) a float32 decoded copy of W next to the tensors, used wherever no generated kernel

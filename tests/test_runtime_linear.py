@@ -127,11 +127,16 @@ def test_deepcopy_reregisters_the_spec(gen):
     q = QuantLinear.from_linear(_linear(gen), "gguf_q4_0")
     x = torch.randn(2, 256, generator=gen)
     y = q(x)
+
+    def via_op(m):  # the path torch.compile traces: the custom op finds the spec by its registered key
+        return torch.ops.quantcc.quant_linear(x, list(m.tensors.values()), m._names_arg, m.bias, m._spec_key,
+                                              m.out_features)
+    assert torch.equal(via_op(q), y)
     op._SPECS.pop(q.spec.key)
     with pytest.raises(SpecError, match="no format registered"):
-        q(x)
+        via_op(q)
     q2 = copy.deepcopy(q)
-    assert torch.equal(q2(x), y)
+    assert torch.equal(via_op(q2), y) and torch.equal(q2(x), y)
 
 
 def test_warmup_on_cpu_reports_the_reference_path(gen):
