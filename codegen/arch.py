@@ -86,6 +86,8 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
         return KernelConfig(block_m=1 if M == 1 else 4, block_n=block_n, block_k=block_k, split_k=split,
                             num_warps=4, num_stages=3)
     block_m = 16 if M <= 16 else 64 if M <= 64 else 128
+    if spec.act_quant is not None:
+        return _act_quant_gemm_config(M, N, K, block_m, block_k, a)
     block_n = 64
     target = 2 * a.sms if block_m <= 16 else a.sms
     split = _fill_split(-(-N // block_n) * -(-M // block_m), K, block_k, target)
@@ -96,3 +98,19 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
     stages = 2
     return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split, num_warps=4,
                         num_stages=stages, swap_ab=swap)
+
+
+def _act_quant_gemm_config(M: int, N: int, K: int, block_m: int, block_k: int, a: Arch) -> KernelConfig:
+    """Activation-quantized formats (x quantized once per call, int8 / fp8 codes in both MMA operands): the
+    tiles are plain loads (w8a8) or a shift-only unpack (int4), so they pipeline deep with small shared memory.
+    M <= 16: mma.sync 16x64x128 tiles, split-K to ~2 programs per SM as for the weight-only formats, 4 stages
+    (30 KB). M > 16: wgmma 128-wide N tiles with 8 warps and 4 stages (104-128 KB, one program per SM) and
+    the largest split-K that keeps one wave (tiles * split <= SMs), so no program waits for a second wave."""
+    if block_m <= 16:
+        split = _fill_split(-(-N // 64), K, block_k, 2 * a.sms)
+        return KernelConfig(block_m=16, block_n=64, block_k=block_k, split_k=split, num_warps=4, num_stages=4)
+    tiles = -(-N // 128) * -(-M // block_m)
+    split = 1
+    while tiles * split * 2 <= a.sms and K // (block_k * split * 2) >= 2:
+        split *= 2
+    return KernelConfig(block_m=block_m, block_n=128, block_k=block_k, split_k=split, num_warps=8, num_stages=4)

@@ -66,7 +66,9 @@ def _signature(plan: KernelPlan, x_dtype: str, M: int, N: int, K: int) -> tuple[
     pointers (torch allocations) and ints divisible by 16 carry tt.divisibility=16 (what lets the compiler
     vectorize loads); without this the offline SASS would not be the SASS the GPU runs."""
     cfg = plan.config
-    sig: dict[str, str] = {"x_ptr": _PTR[x_dtype], "y_ptr": "*fp32" if cfg.split_k > 1 else _PTR[x_dtype],
+    aq = plan.act_quant
+    xq = ("*i8" if aq["kind"] == "int" else "*fp8e4nv") if aq else _PTR[x_dtype]
+    sig: dict[str, str] = {"x_ptr": xq, "y_ptr": "*fp32" if cfg.split_k > 1 else _PTR[x_dtype],
                            "bias_ptr": _PTR[x_dtype]}
     for t in plan.tensors:
         sig[f"{t.name}_ptr"] = _PTR[t.dtype]

@@ -2,7 +2,7 @@
 # kernel:   w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2
 # format:   w8a8_static   spec key: 562c451e196a55d77861afdbdfb154809dacd5e00897483e1752f085d8fa6bbd
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: b61b560df7ee127f
+# arch:     sm90   family: gemv   template hash: ad56d2e6c83dcde7
 """w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `w8a8_static` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -65,6 +65,16 @@ def _round_half_even(v):
 
 
 @triton.jit
+def _quantize_act(x_ptr, q_ptr, s_ptr, n, BLOCK: tl.constexpr):
+    """Static activation quantization, once per call (twin: ir.actquant.quantize_codes); the kernel reads the
+    codes, so no N tile recomputes them. div_rn: IEEE x / s as torch computes it (`/` is div.full, 2 ulp)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    v = tl.math.div_rn(tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32), tl.load(s_ptr))
+    q = tl.minimum(tl.maximum(_round_half_even(v), -128.0), 127.0).to(tl.int8)
+    tl.store(q_ptr + offs, q, mask=offs < n)
+
+
+@triton.jit
 def w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2(
     x_ptr, y_ptr, bias_ptr,
     weight_ptr,
@@ -94,9 +104,6 @@ BLOCK_K, BLOCK_N,
         )
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        # prologue: static activation quantization, x_q = clamp(round(x / s_x), -128, 127)
-        x = x.to(tl.float32) / act_scale
-        x = tl.minimum(tl.maximum(_round_half_even(x), -128.0), 127.0)
         acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
     # epilogue
     out = acc.to(tl.float32) * act_scale * tl.load(weight_scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -155,6 +162,8 @@ def run(x, tensors, N, bias=None, out=None):
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     x2 = x2.contiguous()
+    xq = torch.empty(x2.shape, device=x2.device, dtype=torch.int8)
+    _quantize_act[(triton.cdiv(xq.numel(), 1024),)](x2, xq, t['act_scale'], xq.numel(), BLOCK=1024)
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False
@@ -167,7 +176,7 @@ def run(x, tensors, N, bias=None, out=None):
     dummy = x2
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
     w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2[grid](
-        x2, y, bias if bias is not None else dummy,
+        xq, y, bias if bias is not None else dummy,
 t.get('weight', dummy), t.get('weight_scale', dummy), t.get('act_scale', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
         HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
