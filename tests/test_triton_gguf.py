@@ -62,3 +62,20 @@ def test_32_block_fast_path_matches_reference(name, family, M, block_k, split_k,
     for dtype in (torch.float16, torch.bfloat16):
         err = check_kernel(mod, qt, M, dtype, gen, bias=True)
         assert err < REL_TOL[dtype], f"{name} {family} k{block_k} s{split_k} {dtype}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("name", ("gguf_q4_0", "gguf_q4_k"))
+def test_unaligned_blocks_view_is_copied_for_the_word_loads(name, gen):
+    """A contiguous `blocks` view at an odd byte offset (e.g. into a mapped file) still decodes right: the entry
+    point copies it before the kernel reads halves / int32 words."""
+    spec = ir.get_format(name)
+    N, K = 8, 512
+    qt = ir.QuantizedTensor(spec, (N, K), G.GGUFCodec().synthetic(spec, N, K, gen))
+    raw = qt.tensors["blocks"]
+    buf = torch.empty(raw.numel() + 1, dtype=torch.uint8)
+    view = buf[1:].view(raw.shape)
+    view.copy_(raw)
+    assert view.data_ptr() % 2 == 1
+    mod = kernel_module(spec, "gemv", 1, N, K, _cfg("gemv", 128))
+    shifted = ir.QuantizedTensor(spec, (N, K), {"blocks": view})
+    assert check_kernel(mod, shifted, 1, torch.float16, gen) < REL_TOL[torch.float16]
