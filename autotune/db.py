@@ -9,12 +9,14 @@ same run), "tried" / "failed" (candidate counts), "tuning_s", and "tuned_with": 
 
 Header policy on write (`merge_entries`):
 - no file yet: the header is this machine's.
-- hard mismatch (another GPU name, another template hash): the write is REFUSED with `HeaderMismatch`.
+- hard mismatch (another GPU name): the write is REFUSED with `HeaderMismatch`. Template edits are not a
+  file-level matter: every entry carries the source hash of the kernel it timed and is ignored (and
+  re-tuned by the next sweep) once the templates render that kernel differently.
   The runtime ignores such a file wholesale, so merging new entries into it would leave them invisible
   behind the old header, or, with a new header, resurrect the old entries for kernels they were not
   measured on. `fresh=True` (`sweep --fresh`) replaces the file with this machine's header and only the
   new entries (the old file stays in git history).
-- soft mismatch (same GPU and templates, other driver/CUDA/torch/triton/quantcc): entries are merged;
+- soft mismatch (same GPU, other driver/CUDA/torch/triton/quantcc): entries are merged;
   every entry keeps its own "tuned_with". The file header becomes this machine's only when every entry
   was tuned with it; until then it keeps the older soft fields, so the runtime keeps reporting the file
   as stale ("db-stale") until `sweep --retune-stale` has re-measured the old entries.
@@ -69,7 +71,7 @@ def load(path: Path) -> dict | None:
 
 def load_for_write(path: Path, header: dict) -> dict | None:
     """The database at `path` if this machine may add to it (None when there is none); raises
-    DatabaseError for a corrupt file and HeaderMismatch for another GPU or template version."""
+    DatabaseError for a corrupt file and HeaderMismatch for another GPU."""
     try:
         data = load(path)
     except DatabaseError as e:
@@ -79,7 +81,7 @@ def load_for_write(path: Path, header: dict) -> dict | None:
         hard, _ = compare_headers(data.get("header", {}), header)
         if hard:
             raise HeaderMismatch(
-                f"{path} was tuned for another GPU or template version ({'; '.join(hard)}); the runtime "
+                f"{path} was tuned for another GPU ({'; '.join(hard)}); the runtime "
                 f"ignores it on this machine. Nothing was written; pass --fresh to replace it with a new "
                 f"database for this machine (the old one stays in git history)")
     return data

@@ -18,12 +18,21 @@ from pathlib import Path
 import torch
 
 from codegen.arch import default_config, get_arch, kernel_family
-from codegen.env import kernel_template_hash
-from ir import FormatSpec, KernelConfig
+from codegen.triton_backend import tuned_kernel_hash
+from ir import FormatSpec, KernelConfig, SpecError
 
 from .db import entry_key, is_stale, load_for_write, make_entry, merge_entries
 from .space import Search
-from .verify import FINAL_REP_MS, SCREEN_REP_MS, Reference, Timer, Trial, build_module, evaluate, precompile
+from .verify import (
+    FINAL_REP_MS,
+    SCREEN_REP_MS,
+    Reference,
+    Timer,
+    Trial,
+    build_module,
+    evaluate,
+    precompile,
+)
 
 FINAL_RESERVE = 0.15        # share of a case's budget kept for re-timing the finalists
 FIRST_CHUNK = 4             # candidates in a case's first chunk, before the seconds per candidate are known
@@ -194,7 +203,16 @@ def entry_for(res: CaseResult, header: dict, options: dict) -> dict:
     return make_entry(c.spec.name, options, w.config, w.us, (u.config, u.us) if u else None, header,
                       M=c.M, family=c.family, default={"config": d.config.to_dict(), "us": d.us if d.ok else None},
                       tried=len(res.trials), failed=res.failed, tuning_s=round(res.seconds, 2),
-                      kernel_hash=kernel_template_hash(f"triton/decode/{c.spec.family}.jinja"))
+                      kernel_hash=tuned_kernel_hash(c.spec, c.bucket, c.N, c.K, w.config, header["arch"]))
+
+
+def _same_kernel(entry: dict, c: Case, arch: str) -> bool:
+    """The entry timed the kernel the current templates render for its config (else it is re-tuned)."""
+    try:
+        cfg = KernelConfig(**entry["config"])
+        return entry.get("kernel_hash") == tuned_kernel_hash(c.spec, c.bucket, c.N, c.K, cfg, arch)
+    except (SpecError, TypeError, ValueError):  # a config the current lowering refuses is another kernel
+        return False
 
 
 def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer: Timer, budget_s: float,
@@ -209,7 +227,7 @@ def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer
     for c in cases:
         key = entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket)
         e = entries.get(key)
-        if e is not None and not force and not is_stale(e, existing["header"], header):
+        if e is not None and not force and not is_stale(e, existing["header"], header) and _same_kernel(e, c, arch):
             continue
         todo.append(c)
     out(f"{len(cases)} cases, {len(cases) - len(todo)} already tuned for this machine in {path}, "

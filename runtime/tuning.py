@@ -9,12 +9,12 @@ File: autotune/db/<gpu slug>.json
       "format": str, "config": {KernelConfig fields}, "us": float, "kernel_hash": str,
       "runner_up": {"config": {...}, "us": float} | null, "tuned_at": ISO time}}
 }
-On load the header is compared with this machine: another GPU or another skeleton template hash is a hard
-mismatch (the file is ignored: its configs were measured for other kernels); another driver/CUDA/torch/
-triton/quantcc version is a soft mismatch (entries are used but marked stale, to be re-tuned). Each entry
-also carries the hash of its kernel's own templates (skeleton + the format family's decode file,
-codegen.env.kernel_template_hash): an entry whose decode templates changed since is ignored, so editing
-one format's decode file does not throw away every other format's tuning."""
+On load the header is compared with this machine: another GPU is a hard mismatch (the file is ignored);
+another driver/CUDA/torch/triton/quantcc version is a soft mismatch (entries are used but marked stale, to be
+re-tuned). Each entry carries the source hash of the exact kernel it timed (codegen.triton_backend.
+tuned_kernel_hash: the rendered code for that spec, shape, M bucket, config and arch, header comments
+excluded); at lookup the kernel is rendered again and an entry whose kernel differs, or that has no hash,
+is ignored. So a template edit invalidates exactly the entries whose kernels it changes, and no other."""
 from __future__ import annotations
 
 import functools
@@ -24,8 +24,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from codegen.env import kernel_template_hash
-from ir import FormatSpec, KernelConfig
+from codegen.arch import arch_of_capability
+from codegen.triton_backend import tuned_kernel_hash
+from ir import FormatSpec, KernelConfig, SpecError
 
 SCHEMA = 1
 DB_DIR = Path(__file__).resolve().parent.parent / "autotune" / "db"
@@ -58,7 +59,7 @@ class Lookup:
     note: str = ""
 
 
-HARD_KEYS = ("gpu", "template_hash")
+HARD_KEYS = ("gpu",)
 SOFT_KEYS = ("capability", "driver", "cuda", "torch", "triton", "quantcc")
 
 
@@ -105,19 +106,31 @@ def lookup_config(spec: FormatSpec, N: int, K: int, M: int, header: dict, backen
                   db_dir: Path | None = None) -> Lookup | None:
     """The tuned config for (spec, backend, N, K, bucket(M)) on the GPU `header` describes, or None."""
     entries, stale, note = _load_for(header.get("gpu", ""), json.dumps(header, sort_keys=True), str(db_dir or DB_DIR))
-    e = entries.get(entry_key(spec.key, backend, N, K, m_bucket(M)))
-    if e is not None and "kernel_hash" in e and e["kernel_hash"] != kernel_template_hash(f"triton/decode/{spec.family}.jinja"):
-        note = f"tuning entry for {spec.name} N={N} K={K} was measured with other decode templates; re-tune it"
-        e = None
+    bucket = m_bucket(M)
+    e = entries.get(entry_key(spec.key, backend, N, K, bucket))
+    cfg = None
+    if e is not None:
+        try:
+            cfg = KernelConfig(**e["config"])
+        except (TypeError, ValueError) as err:
+            log.warning("quantcc: tuning entry for %s N=%d K=%d M-bucket %d is invalid (%s); using the heuristic",
+                        spec.name, N, K, bucket, err)
+            return None
+        arch = header.get("arch") or arch_of_capability(*(int(v) for v in str(header.get("capability", "0.0")).split(".")))
+        if e.get("kernel_hash") != _kernel_hash(spec, bucket, N, K, cfg, arch):
+            note = (f"tuning entry for {spec.name} N={N} K={K} M-bucket {bucket} timed another kernel than the "
+                    f"current templates render; re-tune it with `python -m autotune sweep`")
+            e = None
     if e is None:
         if note and note not in _warned:
             _warned.add(note)
             log.warning("quantcc: %s", note)
         return None
-    try:
-        cfg = KernelConfig(**e["config"])
-    except (TypeError, ValueError) as err:
-        log.warning("quantcc: tuning entry for %s N=%d K=%d M-bucket %d is invalid (%s); using the heuristic",
-                    spec.name, N, K, m_bucket(M), err)
-        return None
     return Lookup(cfg, "db-stale" if stale else "db", note)
+
+
+def _kernel_hash(spec: FormatSpec, M: int, N: int, K: int, cfg: KernelConfig, arch: str) -> str | None:
+    try:
+        return tuned_kernel_hash(spec, M, N, K, cfg, arch)
+    except (SpecError, TypeError, ValueError):  # a config the lowering now refuses: not the timed kernel
+        return None

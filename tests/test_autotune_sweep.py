@@ -1,12 +1,14 @@
 """Sweep driver and command line on the CPU: case planning, resumability, stale re-tuning, `show`, refusals.
 Kernels are stand-ins computing x @ W^T exactly (the interpreted kernels are covered by test_autotune_verify)."""
+import json
+
 import pytest
 import torch
 
 import ir
 from autotune import sweep, verify
 from autotune.__main__ import _backends, main, parse_format, plan_cases, stale_cases
-from autotune.db import HeaderMismatch, db_path, load
+from autotune.db import HeaderMismatch, db_path, entry_key, load
 from autotune.sweep import result_table, run_sweep, summary
 
 HEADER = {"gpu": "NVIDIA H100 80GB HBM3", "capability": "9.0", "arch": "sm90", "driver": "580.65", "cuda": "13.0",
@@ -118,14 +120,24 @@ def test_sweep_writes_resumes_and_retunes_stale(tmp_path, fake_kernels):
     stale, _ = stale_cases(path, newer, out=lambda m: None)
     assert sorted((c.fmt_arg, c.bucket) for c in stale) == [("bnb_nf4", 1), ("bnb_nf4", 16)]
 
-    # another template hash: refused before anything is tuned, unless --fresh
-    other = dict(HEADER, template_hash="0ddba11")
+    # a template edit that changes one entry's kernel: only that entry is re-tuned (the others still match)
+    _sweep(path, header=newer)  # first bring every entry to this machine's versions
+    data = json.loads(path.read_text())
+    changed = sorted(data["entries"])[0]
+    data["entries"][changed]["kernel_hash"] = "0ddba11"
+    path.write_text(json.dumps(data))
+    rows, lines = _sweep(path, header=newer)
+    assert len(rows) == 1 and entry_key(rows[0].case.spec.key, "triton", N, K, rows[0].case.bucket) == changed
+    assert load(path)["entries"][changed]["kernel_hash"] != "0ddba11"
+
+    # another GPU: refused before anything is tuned, unless --fresh
+    other = dict(HEADER, gpu=HEADER["gpu"] + " ")
     n_built = len(fake_kernels)
     with pytest.raises(HeaderMismatch, match="--fresh"):
         _sweep(path, header=other)
     assert len(fake_kernels) == n_built
     rows, _ = _sweep(path, header=other, fresh=True)
-    assert len(rows) == 4 and load(path)["header"]["template_hash"] == "0ddba11"
+    assert len(rows) == 4 and load(path)["header"]["gpu"] == other["gpu"]
 
 
 def test_cli_show_and_refusals(tmp_path, fake_kernels, capsys):

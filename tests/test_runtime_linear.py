@@ -7,11 +7,12 @@ import logging
 
 import pytest
 import torch
+from kernel_harness import REL_TOL
 from torch import nn
 
 import ir
+from codegen.triton_backend import tuned_kernel_hash
 from ir import SpecError
-from kernel_harness import REL_TOL
 from runtime import QuantLinear, op, tuning
 from runtime.tuning import entry_key, gpu_slug
 
@@ -216,7 +217,8 @@ def test_kernel_dispatch_heuristic_then_tuned(fake_gpu, gen, caplog):
     # a tuning database entry for this GPU wins over the heuristic
     cfg = ir.KernelConfig(block_m=16, block_n=16, block_k=64, split_k=1, num_warps=4, num_stages=1)
     db = {"schema": 1, "header": HEADER, "entries": {entry_key(q.spec.key, "triton", 48, 256, 32): {
-        "format": "gptq", "config": cfg.to_dict(), "us": 1.0, "runner_up": None, "tuned_at": "now"}}}
+        "format": "gptq", "config": cfg.to_dict(), "us": 1.0, "runner_up": None, "tuned_at": "now",
+        "kernel_hash": tuned_kernel_hash(q.spec, 32, 48, 256, cfg, "sm90")}}}
     (fake_gpu / "db").mkdir()
     (fake_gpu / "db" / f"{gpu_slug(HEADER['gpu'])}.json").write_text(json.dumps(db))
     tuning._load_for.cache_clear()
