@@ -2,7 +2,7 @@
 # kernel:   vptq_v16_k65536_65536_gk_5d3625d2_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v16_k65536_65536   spec key: 5d3625d22d68b874a25a21b0c5a221ac61d58ac10ee56d871b1b8612d8f63b2a
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 84b6f0707fc7bada
+# arch:     sm90   family: gemv   template hash: 3c59457a2a0765b1
 """vptq_v16_k65536_65536_gk_5d3625d2_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v16_k65536_65536` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

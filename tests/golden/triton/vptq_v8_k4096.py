@@ -2,7 +2,7 @@
 # kernel:   vptq_v8_k4096_gk_49b6bbfb_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v8_k4096   spec key: 49b6bbfb85a5a9c08155f494a9f91f2dfdc3078c6cf965fc09db250d2c6d9a10
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 84b6f0707fc7bada
+# arch:     sm90   family: gemv   template hash: 3c59457a2a0765b1
 """vptq_v8_k4096_gk_49b6bbfb_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v8_k4096` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   vptq_v8_k65536_256_gk_b3913e31_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v8_k65536_256   spec key: b3913e31c5e8e5f5b596494be0877916ab6be688f47a348fe8a2af1beacd265b
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 84b6f0707fc7bada
+# arch:     sm90   family: gemv   template hash: 3c59457a2a0765b1
 """vptq_v8_k65536_256_gk_b3913e31_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v8_k65536_256` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
