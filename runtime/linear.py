@@ -6,6 +6,10 @@ GPTQ; `weight`, `absmax`, ... for bitsandbytes; `blocks` for GGUF), so a state d
 the bytes the decoders read). forward calls the `quantcc::quant_linear` custom op (runtime/op.py), which
 runs the generated kernel on CUDA and the reference decode + matmul elsewhere.
 
+On CUDA a registered prebuilt TVM kernel (runtime/tvm_artifacts.py) runs instead of the Triton one where it
+serves the call's (format, N, K, M bucket); `backend=` ("auto", "triton", "tvm") sets the preference per
+layer, `runtime.set_backend` for the process.
+
 Kernels compile at the first call per M bucket (1, 2, 4, ..., 256, >256 rows); `warmup(batches)` compiles
 ahead, and must run before capturing a CUDA graph.
 """
@@ -23,7 +27,7 @@ from ir.tensor import validate_tensors
 from . import op
 
 DEFAULT_WARMUP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-_RESERVED = frozenset({"bias", "spec", "in_features", "out_features", "training"})
+_RESERVED = frozenset({"bias", "spec", "in_features", "out_features", "training", "backend"})
 
 
 def _as_spec(spec: FormatSpec | str) -> FormatSpec:
@@ -40,10 +44,11 @@ class QuantLinear(nn.Module):
     x may have any leading dims. On CUDA with float16/bfloat16 x the generated Triton kernel for (GPU arch,
     N, K, M bucket) runs with its tuned config (tuning database) or the arch heuristic; elsewhere the
     reference decoder + a float32 matmul runs, recomputing W every call unless `cache_dequantized()` was
-    called (a float32 copy of W: 8x the memory of a 4-bit weight)."""
+    called (a float32 copy of W: 8x the memory of a 4-bit weight). `backend` ("auto", "triton", "tvm"; None
+    follows runtime.set_backend) chooses between a registered prebuilt TVM kernel and the Triton one."""
 
     def __init__(self, spec: FormatSpec, in_features: int, out_features: int, tensors: Mapping[str, torch.Tensor],
-                 bias: torch.Tensor | None = None):
+                 bias: torch.Tensor | None = None, backend: str | None = None):
         super().__init__()
         tensors = dict(tensors)
         validate_tensors(spec, (out_features, in_features), tensors)
@@ -58,6 +63,7 @@ class QuantLinear(nn.Module):
             raise SpecError(f"{spec.name}: bias must be a float tensor of shape ({out_features},), got "
                             f"{getattr(bias, 'shape', type(bias).__name__)} {getattr(bias, 'dtype', '')}")
         self.spec = spec
+        self.backend = backend
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self._names = tuple(t.name for t in spec.tensors if t.name in tensors)
@@ -70,9 +76,10 @@ class QuantLinear(nn.Module):
 
     # -- construction ------------------------------------------------------------------------------------
     @classmethod
-    def from_quantized(cls, qt: QuantizedTensor, bias: torch.Tensor | None = None) -> "QuantLinear":
+    def from_quantized(cls, qt: QuantizedTensor, bias: torch.Tensor | None = None,
+                       backend: str | None = None) -> "QuantLinear":
         N, K = qt.shape
-        return cls(qt.spec, K, N, qt.tensors, bias)
+        return cls(qt.spec, K, N, qt.tensors, bias, backend)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, spec: FormatSpec | str, name: str | None = None,
@@ -96,7 +103,17 @@ class QuantLinear(nn.Module):
 
     def __setstate__(self, state):  # unpickled / deep-copied modules must be reachable from the op too
         super().__setstate__(state)
+        self.__dict__.setdefault("_backend", None)   # pickled before the backend option existed
         op.register_spec(self.spec)
+
+    @property
+    def backend(self) -> str | None:
+        """The layer's kernel preference ("auto", "triton", "tvm"), or None: runtime.set_backend's."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str | None) -> None:
+        self._backend = None if value is None else op.check_backend(value)
 
     # -- views ---------------------------------------------------------------------------------------------
     @property
@@ -112,7 +129,8 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"format={self.spec.name}, bits/w={self.spec.bits_per_weight(self.out_features, self.in_features):.3f}")
+                f"format={self.spec.name}, bits/w={self.spec.bits_per_weight(self.out_features, self.in_features):.3f}"
+                + (f", backend={self.backend}" if self.backend else ""))
 
     # -- running -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,8 +142,9 @@ class QuantLinear(nn.Module):
             return op.reference_matmul(self.spec, dict(zip(self._names, tensors)), x, self._dequantized, self.bias)
         if torch.compiler.is_compiling():  # traced as one opaque op (fake impl for shapes)
             return torch.ops.quantcc.quant_linear(x, tensors, self._names_arg, self.bias, self._spec_key,
-                                                  self.out_features)
-        return op.run_quant_linear(self.spec, dict(zip(self._names, tensors)), x, self.bias, self.out_features)
+                                                  self.out_features, self._backend or "")
+        return op.run_quant_linear(self.spec, dict(zip(self._names, tensors)), x, self.bias, self.out_features,
+                                   self._backend)
 
     def cache_dequantized(self, enable: bool = True) -> "QuantLinear":
         """Keep (or drop) a float32 decoded copy of W next to the tensors, used wherever no generated kernel
@@ -148,8 +167,10 @@ class QuantLinear(nn.Module):
         return out
 
     def dispatch(self, M: int, dtype: torch.dtype = torch.float16) -> op.Dispatch:
-        """What a call with M rows of `dtype` runs on this module's device (kernel name, config source)."""
-        return op.dispatch_for(self.spec, self.out_features, self.in_features, M, self._device(), dtype)
+        """What a call with M rows of `dtype` runs on this module's device (kind 'tvm', 'triton' or
+        'reference', kernel name, where it came from)."""
+        return op.dispatch_for(self.spec, self.out_features, self.in_features, M, self._device(), dtype,
+                               self._backend)
 
     def _device(self) -> torch.device:
         return getattr(self, self._names[0]).device

@@ -5,7 +5,13 @@ Why a custom op: `torch.compile(fullgraph=True)` sees one opaque node whose fake
 computes the output shape, so it never traces into kernel launch code or the reference decoders, and a CUDA
 graph captures the kernel launch the op makes.
 
-Dispatch, per call (the decision is cached per (format, N, K, M bucket, device)):
+Dispatch, per call (the decision is cached per (format, N, K, M bucket, device, dtype, backend)):
+- CUDA, x float16/bfloat16, a backend preference other than "triton" (`set_backend`, or QuantLinear's
+  `backend`), and a registered prebuilt TVM kernel for (format, N, K) whose case is in the call's M bucket
+  (runtime/tvm_artifacts.py: `use_tvm_artifacts`, QUANTCC_TVM_ARTIFACTS): that cubin, launched through
+  runtime/cubin.py on torch's current stream. Kernels for (format, N, K) built for another arch only are
+  refused (TvmArtifactError); a missing M bucket, or backend "tvm" with no kernel for (format, N, K), falls
+  back to Triton and says so once. "auto" (the default) prefers TVM wherever a kernel is registered.
 - CUDA, x float16/bfloat16, and a Triton decode template for the format family: the generated Triton kernel
   for (arch, N, K, M bucket) with the config from the tuning database (`runtime.tuning.lookup_config`), or the
   per-arch heuristic `codegen.arch.default_config` when the database has no entry (logged once per (format,
@@ -32,6 +38,7 @@ from codegen.env import TEMPLATE_ROOT
 from ir import FormatSpec, QuantizedTensor, SpecError, dequantize
 from ir.actquant import quantize_activation_ref
 
+from . import tvm_artifacts
 from .device import machine_header
 from .envknobs import force_reference
 from .kernels import get_kernel
@@ -39,6 +46,8 @@ from .tuning import lookup_config, m_bucket
 
 log = logging.getLogger("quantcc.runtime")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+BACKENDS = ("auto", "triton", "tvm")
+_backend = "auto"
 
 _SPECS: dict[str, FormatSpec] = {}
 _warned: set = set()
@@ -62,6 +71,24 @@ def _warn_once(key, msg: str, *args) -> None:
     if key not in _warned:
         _warned.add(key)
         log.warning("quantcc: " + msg, *args)
+
+
+def set_backend(backend: str) -> None:
+    """The process-wide kernel preference: "auto" (a registered TVM kernel where one serves the call, else
+    Triton), "tvm" (the same, but a layer without a TVM kernel says so once) or "triton" (never TVM).
+    QuantLinear(..., backend=...) overrides it per layer."""
+    global _backend
+    _backend = check_backend(backend)
+
+
+def get_backend() -> str:
+    return _backend
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise SpecError(f"backend {backend!r} is not available; expected one of {list(BACKENDS)}")
+    return backend
 
 
 def has_triton_kernel(spec: FormatSpec) -> bool:
@@ -105,8 +132,9 @@ def reference_matmul(spec: FormatSpec, tensors: dict[str, torch.Tensor], x: torc
 # -- the kernel path ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Dispatch:
-    """What one (format, N, K, M bucket, device) runs: kind 'triton' or 'reference', the kernel's name, and
-    where its config came from ('db', 'db-stale', 'heuristic'), or why the reference runs."""
+    """What one (format, N, K, M bucket, device) runs: kind 'tvm', 'triton' or 'reference', the kernel's
+    name, and where it came from ('artifact:<folder>' for TVM; the Triton config's 'db', 'db-stale',
+    'heuristic'), or why the reference runs."""
 
     kind: str
     bucket: int
@@ -151,17 +179,47 @@ def _select(spec: FormatSpec, N: int, K: int, bucket: int, device: torch.device)
     return Dispatch("triton", bucket, kernel=module.KERNEL_NAME, source=source, run=module.run)
 
 
-def dispatch_for(spec: FormatSpec, N: int, K: int, M: int, device: torch.device, dtype: torch.dtype) -> Dispatch:
-    """The dispatch decision for a call with M rows of `dtype` on `device` (cached; builds the kernel)."""
+def _select_tvm(spec: FormatSpec, N: int, K: int, bucket: int, device: torch.device,
+                backend: str) -> Dispatch | None:
+    """The registered TVM kernel for the call, or None (then Triton runs; said once where it matters)."""
+    try:
+        arch = _device_arch(device)
+    except SpecError:
+        return None   # _select reports it
+    have = tvm_artifacts.buckets_for(spec.key, N, K)
+    entry = tvm_artifacts.select(spec.key, N, K, bucket, arch)   # raises for another arch's artifacts
+    if entry is not None:
+        return Dispatch("tvm", bucket, kernel=entry.name, source=f"artifact:{entry.folder}",
+                        run=tvm_artifacts.load(entry))
+    if have:
+        _warn_once(("tvm-bucket", spec.key, N, K, bucket), "no TVM kernel for %s N=%d K=%d at M bucket %d "
+                   "(registered for M buckets %s); using Triton. Build it with `python -m codegen build %s "
+                   "--backend tvm --shapes %d,%d --batches %d`.", spec.name, N, K, bucket, have[arch],
+                   spec.name, N, K, bucket)
+    elif backend == "tvm":
+        _warn_once(("tvm-none", spec.key, N, K), "backend 'tvm': no TVM artifact registered for %s N=%d K=%d "
+                   "(runtime.use_tvm_artifacts / QUANTCC_TVM_ARTIFACTS); using Triton", spec.name, N, K)
+    return None
+
+
+def dispatch_for(spec: FormatSpec, N: int, K: int, M: int, device: torch.device, dtype: torch.dtype,
+                 backend: str | None = None) -> Dispatch:
+    """The dispatch decision for a call with M rows of `dtype` on `device` (cached; builds the Triton
+    kernel). `backend` is the layer's preference; None follows `set_backend`."""
     bucket = m_bucket(M)
     forced = force_reference()
-    key = (spec.key, N, K, bucket, device.type, device.index, dtype, forced)
+    backend = _backend if backend is None else check_backend(backend)
+    key = (spec.key, N, K, bucket, device.type, device.index, dtype, forced, backend,
+           tvm_artifacts.state() if backend != "triton" else None)
     d = _DISPATCH.get(key)
     if d is not None:
         return d
-    if uses_kernel(spec, device, dtype):
+    gpu_call = not forced and _on_gpu(device) and dtype in KERNEL_DTYPES
+    if gpu_call and backend != "triton":
+        d = _select_tvm(spec, N, K, bucket, device, backend)
+    if d is None and uses_kernel(spec, device, dtype):
         d = _select(spec, N, K, bucket, device)
-    else:
+    elif d is None:
         why = ("QUANTCC_FORCE_REFERENCE=1" if forced else
                "not on CUDA" if not _on_gpu(device) else
                f"x is {dtype}; kernels take float16/bfloat16" if dtype not in KERNEL_DTYPES else
@@ -174,14 +232,15 @@ def dispatch_for(spec: FormatSpec, N: int, K: int, M: int, device: torch.device,
 # -- the op ------------------------------------------------------------------------------------------------
 @torch.library.custom_op("quantcc::quant_linear", mutates_args=())
 def quant_linear(x: torch.Tensor, tensors: list[torch.Tensor], names: str, bias: Optional[torch.Tensor],
-                 spec_key: str, n: int) -> torch.Tensor:
+                 spec_key: str, n: int, backend: str = "") -> torch.Tensor:
     """y (..., n) = x (..., K) @ W^T (+ bias). `tensors` are the canonical tensors named by the
-    comma-separated `names`; `spec_key` is a key registered with `register_spec`."""
-    return run_quant_linear(_spec(spec_key), dict(zip(names.split(","), tensors)), x, bias, n)
+    comma-separated `names`; `spec_key` is a key registered with `register_spec`; `backend` is the layer's
+    preference ("" follows `set_backend`)."""
+    return run_quant_linear(_spec(spec_key), dict(zip(names.split(","), tensors)), x, bias, n, backend or None)
 
 
 def run_quant_linear(spec: FormatSpec, td: dict[str, torch.Tensor], x: torch.Tensor, bias: Optional[torch.Tensor],
-                     n: int) -> torch.Tensor:
+                     n: int, backend: str | None = None) -> torch.Tensor:
     """The body of the op, callable directly: QuantLinear calls it in eager mode, skipping the custom-op
     dispatcher (~150 us per call on the H100 host, more than the kernel at decode sizes); torch.compile
     traces the op instead."""
@@ -189,9 +248,11 @@ def run_quant_linear(spec: FormatSpec, td: dict[str, torch.Tensor], x: torch.Ten
     M = x.numel() // K if K else 0
     if M == 0:
         return x.new_zeros((*x.shape[:-1], n))
-    d = dispatch_for(spec, n, K, M, x.device, x.dtype)
+    d = dispatch_for(spec, n, K, M, x.device, x.dtype, backend)
     if d.kind == "triton":
         return d.run(x, td, n, bias=bias)
+    if d.kind == "tvm":   # the cubin takes a contiguous bias of x's dtype
+        return d.run(x, td, n, bias=None if bias is None else bias.to(x.dtype).contiguous())
     if x.is_cuda:
         _warn_once(("reference", spec.key, n, K, x.dtype), "%s N=%d K=%d runs the reference decode on the CPU "
                    "every call (%s); QuantLinear.cache_dequantized() keeps a decoded copy", spec.name, n, K,
@@ -200,5 +261,5 @@ def run_quant_linear(spec: FormatSpec, td: dict[str, torch.Tensor], x: torch.Ten
 
 
 @quant_linear.register_fake
-def _(x, tensors, names, bias, spec_key, n):
+def _(x, tensors, names, bias, spec_key, n, backend=""):
     return x.new_empty((*x.shape[:-1], n))

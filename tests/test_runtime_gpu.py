@@ -1,14 +1,17 @@
 """QuantLinear on a CUDA GPU: generated kernels against the reference at several formats, M buckets and
 dtypes; torch.compile(fullgraph=True) with inductor (and its CUDA-graph mode); manual CUDA-graph capture and
 replay; a quantized TinyLM against the CPU path; the reference fallback made capturable by
-cache_dequantized. Skipped without CUDA (conftest). Needs no gguf or bitsandbytes."""
+cache_dequantized; prebuilt TVM cubins dispatched by QuantLinear(backend="tvm"). Skipped without CUDA
+(conftest). Needs no gguf or bitsandbytes, nor TVM."""
+from pathlib import Path
+
 import pytest
 import torch
 
 import ir
 from ir.synthetic import synthetic_quantized
 from kernel_harness import REL_TOL
-from runtime import SKIP, QuantLinear, op, quantize_model
+from runtime import SKIP, QuantLinear, op, quantize_model, tvm_artifacts, use_tvm_artifacts
 from test_runtime_recipe import TinyLM
 
 pytestmark = pytest.mark.gpu
@@ -128,3 +131,55 @@ def test_quantized_model_on_gpu_matches_cpu_path():
                 assert m.dispatch(18).kind == "triton"
         gpu = gpu_model(ids.to(DEV)).float().cpu()
     assert _rel(gpu, cpu.double()) < 1e-2   # fp16 activations and kernels vs the fp32 CPU path
+
+
+TVM_DIR = Path(__file__).resolve().parent.parent / "quantcc_out" / "tvm_runtime_test"
+
+
+@pytest.mark.skipif(not TVM_DIR.is_dir(), reason=f"{TVM_DIR} is absent: build it with `bash scripts/build_tvm_test_"
+                    f"artifacts.sh` where TVM and nvcc are installed and carry quantcc_out/tvm_runtime_test here")
+@pytest.mark.parametrize("name", ["gptq", "bnb_nf4"])
+def test_tvm_backend_prebuilt_artifacts(name, monkeypatch):
+    """QuantLinear(backend="tvm") runs the cubins built ahead on the build machine (this one needs no TVM):
+    fp16 and bf16 at M = 1 (gemv) and 16 (gemm) against the reference decode, eager, under
+    torch.compile(fullgraph=True), and captured in a CUDA graph and replayed on new inputs."""
+    monkeypatch.setattr(op, "_DISPATCH", {})
+    monkeypatch.setattr(tvm_artifacts, "_FOLDERS", {})
+    folder = (TVM_DIR / name).resolve()
+    use_tvm_artifacts(folder)
+    N, K = 256, 512
+    qt = synthetic_quantized(ir.get_format(name), N, K, seed=7)
+    bias = torch.randn(N, generator=torch.Generator().manual_seed(7)) * 0.1
+    g = torch.Generator(device=DEV).manual_seed(1)
+    for dtype in (torch.float16, torch.bfloat16):
+        q = QuantLinear.from_quantized(qt, bias, backend="tvm").to(DEV).to(dtype)
+        for M in (1, 16):
+            d = q.dispatch(M, dtype)
+            assert (d.kind, d.source) == ("tvm", f"artifact:{folder}"), d
+            x = (torch.randn(M, K, generator=g, device=DEV) * 0.5).to(dtype)
+            y = q(x)
+            assert y.dtype == dtype and y.shape == (M, N)
+            err = _rel(y, _ref(q, x))
+            assert err < REL_TOL[dtype], f"{name} M={M} {dtype} ({d.kernel}): rel err {err:.2e}"
+    q = QuantLinear.from_quantized(qt, bias, backend="tvm").to(DEV).half()
+    q.warmup(batches=(1, 16))                    # loads the cubins before capture
+    torch._dynamo.reset()
+    compiled = torch.compile(q, fullgraph=True)
+    x16 = torch.randn(16, K, device=DEV, dtype=torch.float16)
+    assert torch.allclose(compiled(x16), q(x16), rtol=1e-3, atol=1e-3)
+    for M in (1, 16):
+        x = torch.randn(M, K, device=DEV, dtype=torch.float16)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            q(x)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = q(x)
+        for seed in (5, 6):
+            x.copy_(torch.randn(M, K, device=DEV, generator=torch.Generator(device=DEV).manual_seed(seed)).half())
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.allclose(y, q(x), rtol=1e-3, atol=1e-3)
+            assert _rel(y, _ref(q, x)) < REL_TOL[torch.float16], f"{name} M={M} graph replay"
