@@ -296,6 +296,12 @@ class FormatSpec(_Keyed):
             _fail("FormatSpec", "act_quant.tensor", self.act_quant.tensor, f"a stored tensor name, one of {names}")
         _pos_int("FormatSpec", "k_multiple", self.k_multiple)
         _pos_int("FormatSpec", "n_multiple", self.n_multiple)
+        for k, _ in self.params:
+            if k in ("N", "K"):  # shape expressions evaluate params next to N and K: a param would shadow them
+                _fail("FormatSpec", "params", k, "a name other than N and K (reserved for the weight's shape)")
+        for rule in self.param("shape_rules", ()):
+            if not (isinstance(rule, tuple) and len(rule) == 2 and all(isinstance(r, str) for r in rule)):
+                _fail("FormatSpec", "shape_rules", rule, "(expression in N, K and int params, reason) pairs")
 
     # -- accessors -------------------------------------------------------------------------
     def param(self, name: str, default: Any = None) -> Any:
@@ -321,6 +327,10 @@ class FormatSpec(_Keyed):
             raise SpecError(
                 f"{self.name}: N = {N} (out_features) is not a multiple of {self.n_multiple} "
                 f"({self._why('N')}); pad N to {-(-N // self.n_multiple) * self.n_multiple}")
+        env = {"N": N, "K": K, **{k: v for k, v in self.params if isinstance(v, (int, bool))}}
+        for expr, reason in self.param("shape_rules", ()):  # format-specific rules beyond the multiples
+            if not eval(expr, {"__builtins__": {}}, env):  # noqa: S307 - expressions written by format modules
+                raise SpecError(f"{self.name}: N = {N}, K = {K} breaks the rule `{expr}`: {reason}")
         for t in self.transforms:  # a whole-dimension Hadamard needs a power-of-two dimension
             if t.kind == "hadamard" and t.size == 0:
                 dim, v = ("K", K) if t.side == "input" else ("N", N)

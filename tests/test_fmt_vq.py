@@ -301,8 +301,8 @@ def test_vptq_rejects_invalid_options(opts, match):
 def test_vptq_rejects_bad_shapes_and_calib():
     spec = ir.get_format("vptq", num_centroids=16, num_res_centroids=0, outlier_size=8, outlier_vector_len=4,
                          num_outlier_centroids=16, group_size=32)
-    with pytest.raises(ir.SpecError, match="not a multiple of group_size"):
-        ir.quantize(spec, torch.randn(8, 80))
+    with pytest.raises(ir.SpecError, match="K = 80 breaks the rule .*must split into groups of 32"):
+        ir.quantize(spec, torch.randn(8, 80))  # refused by the spec's shape rule, before the codec
     with pytest.raises(ir.SpecError, match="must exceed outlier_size"):
         ir.quantize(ir.get_format("vptq", outlier_size=64), torch.randn(8, 64))
     with pytest.raises(ir.SpecError, match="unknown calibration keys"):

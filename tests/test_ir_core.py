@@ -173,3 +173,24 @@ def test_magic_u2f_is_exact_and_checks_range():
         magic_u2f(torch.tensor([1024]), torch.float16)
     with pytest.raises(ValueError, match="dtype"):
         magic_u2f(q16, torch.bfloat16)
+
+
+def test_params_cannot_shadow_the_shape_names():
+    spec = ir.get_format("gptq")
+    d = json.loads(spec.to_json())
+    for name in ("N", "K"):
+        with pytest.raises(ir.SpecError, match="reserved for the weight's shape"):
+            ir.FormatSpec.from_dict({**d, "params": [*d["params"], [name, 7]]})
+
+
+def test_shape_rules_refuse_shapes_the_layout_cannot_hold():
+    spec = ir.get_format("vptq", group_size=64, outlier_size=16)
+    spec.check_shape(256, 16 + 2 * 64)
+    with pytest.raises(ir.SpecError, match=r"K = 200 breaks the rule .*groups of 64"):
+        spec.check_shape(256, 200)
+    with pytest.raises(ir.SpecError, match="must exceed outlier_size"):
+        spec.check_shape(256, 16)
+    d = json.loads(spec.to_json())
+    with pytest.raises(ir.SpecError, match="shape_rules"):
+        ir.FormatSpec.from_dict({**d, "params": [[k, v] for k, v in d["params"] if k != "shape_rules"]
+                                 + [["shape_rules", [["K > 1"]]]]})

@@ -121,7 +121,8 @@ def build_vptq(vector_len: int = 8, num_centroids: int = 65536, num_res_centroid
     packing = (Packing("vptq_index", "int32", field_bits=total_bits, order="lsb", axis="K", straddle=True)
                if packed else Packing("vptq_index_u16", "int16", field_bits=16, order="lsb", axis="K",
                                       fields_per_word=1))
-    k_reason = (f"in_features minus outlier_size ({outlier_size}) must split into groups of {group_size}"
+    k_reason = (f"in_features minus outlier_size ({outlier_size}) must split into groups of {group_size}; "
+                f"valid K are {outlier_size} + a multiple of {group_size}"
                 if group_size > 0 else "any K > outlier_size")
     return FormatSpec(
         name=vptq_name(vector_len, num_centroids, num_res_centroids), family="vptq", packing=packing,
@@ -131,7 +132,9 @@ def build_vptq(vector_len: int = 8, num_centroids: int = 65536, num_res_centroid
                 ("outlier_size", outlier_size), ("outlier_vector_len", outlier_vector_len),
                 ("num_outlier_centroids", num_outlier_centroids), ("packed", packed), ("perm", perm),
                 ("norm", norm), ("index_bits", index_bits), ("res_bits", res_bits),
-                ("k_multiple_reason", k_reason)),
+                ("k_multiple_reason", k_reason),
+                ("shape_rules", (("K > outlier_size", f"in_features must exceed outlier_size ({outlier_size})"),
+                                 ("group_size < 0 or (K - outlier_size) % group_size == 0", k_reason)))),
         k_multiple=group_size if group_size > 0 and outlier_size % group_size == 0 else 1,
         description="VPTQ: vectors of vector_len consecutive output rows per input column, looked up in a "
                     "per-group fp16 codebook (+ residual codebook); optional outlier columns with their own "
