@@ -50,7 +50,11 @@ def _layout(plan: KernelPlan) -> Layout:
         return Layout("N", 1, 32 if plan.packing["straddle"] else 32 // bits)  # one word (3-bit: three)
     if fam == "awq":
         return Layout("N", 32 // bits, 1)
-    return Layout("K", 1, 8)  # gguf, bnb: row-major bytes along K
+    if fam == "matryoshka":
+        return Layout("N", 1, plan.params["fields_per_word"])  # one word along K
+    if fam == "ccq":  # one cluster byte (seq_len values) / WINT2.5 words along K, columns adjacent
+        return Layout("N", 1, plan.params.get("seq_len", 8))
+    return Layout("K", 1, 8)  # gguf, bnb: row-major bytes along K; aqlm: codes along K
 
 
 def _tensors(plan: KernelPlan) -> list[dict]:
@@ -66,7 +70,19 @@ def _tensors(plan: KernelPlan) -> list[dict]:
     return out
 
 
-SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb")
+SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb", "matryoshka", "ccq", "aqlm")
+# why the other families are refused: the TVM artifact runs through runtime/cubin.py, which launches the kernel
+# alone (no x / y transform around it, no activation-quantization kernel before it)
+_LAUNCHER_ONLY = ("the TVM artifacts' launcher (runtime/cubin.py) runs the kernel alone and has no step for the "
+                  "{what} that the Triton entry point applies around its kernel")
+REFUSED = {
+    "higgs": _LAUNCHER_ONLY.format(what="online Hadamard rotation of x"),
+    "qtip": _LAUNCHER_ONLY.format(what="online sign flips and Hadamard rotations of x and y"),
+    "vptq": _LAUNCHER_ONLY.format(what="online permutation of x"),
+    "watersic": _LAUNCHER_ONLY.format(what="online column scale of x"),
+    "w8a8": "the TVM templates have no quantized-activation (int8 x) path",
+    "prefixquant": "the TVM templates have no quantized-activation (int4 x) path",
+}
 
 
 def _family(plan: KernelPlan) -> str:
@@ -74,11 +90,12 @@ def _family(plan: KernelPlan) -> str:
 
 
 def check_supported(plan: KernelPlan) -> None:
-    """Refuse, at build time, what this backend does not generate yet."""
+    """Refuse, at build time, what this backend does not generate yet, with the reason."""
     fam = _family(plan)
     if fam not in SUPPORTED:
+        why = REFUSED.get(fam, "no TVM decode macro is written for it")
         raise SpecError(f"the TVM backend does not cover format {plan.format!r} (family {fam!r}, decode "
-                        f"{plan.decode['kind']!r}) yet; it covers the families {list(SUPPORTED)}. "
+                        f"{plan.decode['kind']!r}) yet: {why}. It covers the families {list(SUPPORTED)}. "
                         f"Use --backend triton for this format.")
     if plan.input_transforms or plan.output_transforms or plan.act_quant:
         raise SpecError(f"the TVM backend has no online transforms or activation quantization yet "

@@ -1,10 +1,11 @@
 """TVM backend: the TVMScript kernels of every covered format, built for `llvm` and run on the CPU, match
 x @ ir.dequantize(qt).T; the decode macros are bit-exact against the reference decoders; the CUDA build
 (TVM -> CUDA C, nvcc -> cubin) writes deterministic artifacts with launch metadata; the cubin launcher
-checks its arguments before launching.
+checks its arguments before launching; the families without a TVM decode are refused with the reason.
 
 Shapes are small and legal per format, N and K not multiples of the tiles (tests/kernel_harness.py)."""
 import json
+import re
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from codegen import tvm_compat
 from codegen.artifacts import build
 from codegen.plan import lower
 from ir import KernelConfig, SpecError
+from ir.registry import get_codec
 from kernel_harness import REL_TOL, check_kernel, small_problem
 
 pytestmark = pytest.mark.skipif(bool(tvm_compat.unavailable_reason()),
@@ -31,7 +33,22 @@ VARIANTS = {
     "gptq[b3,v1]": ("gptq", {"bits": 3, "checkpoint": "v1"}),
     "bnb_nf4[no_dq]": ("bnb_nf4", {"double_quant": False}),
 }
+# decode paths the presets do not reach, checked through the decode-only kernel (the same macro text the
+# matmul kernels plug in; their presets run the full kernels above)
+DECODE_VARIANTS = {
+    # matryoshka: 10 / 5 fields per word (two high bits unused), symmetric zeros
+    "matryoshka[r3]": ("matryoshka", {"r": 3, "group_size": 32}),
+    "matryoshka[r6,sym]": ("matryoshka", {"r": 6, "sym": True, "group_size": 64}),
+    # ccq: code table, unclustered int16 codes with seq_len 3, bf16 scales (cluster and WINT2.5)
+    "ccq[table]": ("ccq", {"code_map": "table"}),
+    "ccq[L4,N3,S3]": ("ccq", {"clustered": False, "L": 4, "N": 3, "S": 3, "group_size": 48}),
+    "ccq_wint2[bf16]": ("ccq_wint2", {"scale_dtype": "bfloat16"}),
+    "ccq_wint2_5[bf16]": ("ccq_wint2_5", {"scale_dtype": "bfloat16"}),
+    # aqlm: 2x4 blocks (codebook rows span two outputs), three books of 6-bit codes
+    "aqlm[3x6,g2x4]": ("aqlm", {"num_codebooks": 3, "nbits": 6, "out_group_size": 2, "in_group_size": 4}),
+}
 CASES = {n: (n, {}) for n in COVERED} | VARIANTS
+ALL_CASES = CASES | DECODE_VARIANTS
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +57,7 @@ def quantized():
 
     def get(case):
         if case not in cache:
-            name, opts = CASES[case]
+            name, opts = ALL_CASES[case]
             spec = ir.get_format(name, **opts)
             N, K, gemv, gemm = small_problem(spec)
             g = torch.Generator().manual_seed(1234)
@@ -50,7 +67,7 @@ def quantized():
     return get
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(ALL_CASES))
 def test_decode_macro_is_bit_exact(case, quantized):
     qt, gemv, _ = quantized(case)
     N, K = qt.shape
@@ -104,11 +121,37 @@ def test_schedule_layouts_and_refusals():
     with pytest.raises(SpecError, match="cannot be tiled by the TVM gemm schedule"):
         tb.schedule(lower(spec, 128, 4096, 4096, big, "sm90", family="gemm"))
     assert tb.fit_config(lower(spec, 128, 4096, 4096, big, "sm90", family="gemm")).block_m == 32
-    with pytest.raises(SpecError, match="does not cover format 'vptq"):
-        tb.render_tvm(lower(ir.get_format("vptq"), 1, 256, 256, KernelConfig(), "sm90", family="gemv"))
 
 
-@pytest.mark.parametrize("name", ["gptq", "awq", "eqat_w3g128", "gguf_q4_k", "bnb_nf4"])
+@pytest.mark.parametrize("name", sorted({f.family: n for n in ir.list_formats()
+                                         if (f := ir.get_format(n)).family not in tb.SUPPORTED}.values()))
+def test_uncovered_formats_are_refused_with_the_reason(name):
+    spec = ir.get_format(name)
+    N, K, gemv, _ = small_problem(spec)
+    with pytest.raises(SpecError, match=f"does not cover format '{name}'.*: {re.escape(tb.REFUSED[spec.family])}"):
+        tb.render_tvm(lower(spec, 1, N, K, gemv, "sm90", family="gemv"))
+
+
+def test_ccq_affine_code_map_is_one_fma():
+    """Arbitrary float32 code maps, where z * a + b rounded twice sometimes differs from one fma: the decode
+    matches the reference's single-rounding fma (the encoder's own maps are exact either way)."""
+    spec = ir.get_format("ccq_wint2")
+    N, K = 400, 128
+    g = torch.Generator().manual_seed(0)
+    t = {"weight": torch.randint(0, 256, (K // 4, N), generator=g, dtype=torch.uint8),
+         "local_scale": torch.randint(0, 256, (K // 128, N), generator=g, dtype=torch.uint8),
+         "code_scale": 112 + 16 * torch.rand(N, generator=g), "code_zp": 300 * torch.rand(N, generator=g),
+         "super_scale": (torch.rand(N, generator=g) * 1e-3).half()}
+    z = t["weight"].float()
+    two_roundings = torch.floor(z * t["code_scale"] + t["code_zp"] + 0.5)
+    fma = torch.floor((z.double() * t["code_scale"].double() + t["code_zp"].double()).float() + 0.5)
+    assert not torch.equal(two_roundings, fma), "the random maps must tell fma from mul + add"
+    gemv = KernelConfig(block_m=1, block_n=16, block_k=64, num_warps=4)
+    W = tb.dequant_cpu(lower(spec, 1, N, K, gemv, "sm90", family="gemv"), t, N, K)
+    assert torch.equal(W, get_codec(spec).dequantize(spec, t, N, K))
+
+
+@pytest.mark.parametrize("name", ["gptq", "awq", "eqat_w3g128", "gguf_q4_k", "bnb_nf4", "ccq_wint2"])
 def test_cuda_source_and_launch_metadata(name):
     spec = ir.get_format(name)
     N, K, gemv, _ = small_problem(spec)
