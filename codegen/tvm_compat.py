@@ -68,7 +68,7 @@ def compile_cuda(module_source: str, label: str, arch: str) -> str:
     mod = parse(module_source, label)
     try:
         lib = tvm.compile(mod, target=_target("cuda", arch))
-    except tvm.error.TVMError as e:
+    except RuntimeError as e:  # TVM 0.27's build errors (tvm.error.InternalError, ...) are RuntimeErrors
         raise SpecError(f"TVM cannot build {label} for cuda/{arch}: {str(e).strip().splitlines()[-1]}") from None
     return lib.mod.imports[0].inspect_source()
 
@@ -79,7 +79,7 @@ def compile_llvm(module_source: str, label: str):
     mod = parse(module_source, label)
     try:
         return tvm.compile(mod, target=_target("llvm"))
-    except tvm.error.TVMError as e:
+    except RuntimeError as e:
         raise SpecError(f"TVM cannot build {label} for llvm: {str(e).strip().splitlines()[-1]}") from None
 
 

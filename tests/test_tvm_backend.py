@@ -241,3 +241,18 @@ def test_build_writes_deterministic_cubin_artifacts(tmp_path):
             f"print(tvm_launcher.find({str(tmp_path / 'a')!r}, 1, 64, 256))")
     r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == k["name"], r.stderr
+
+
+def test_a_tvm_build_failure_is_a_spec_error_naming_the_kernel(monkeypatch):
+    pytest.importorskip("tvm")
+    import tvm
+
+    def boom(mod, target):
+        raise tvm.error.InternalError("Traceback ...\nUnresolved call tirx.fma")
+
+    monkeypatch.setattr(tvm, "compile", boom)
+    monkeypatch.setattr(tvm_compat, "parse", lambda source, label: object())  # only the build step is under test
+    with pytest.raises(ir.SpecError, match="TVM cannot build demo_kernel for llvm: Unresolved call tirx.fma"):
+        tvm_compat.compile_llvm("<module>", "demo_kernel")
+    with pytest.raises(ir.SpecError, match="TVM cannot build demo_kernel for cuda/sm_90a: Unresolved call"):
+        tvm_compat.compile_cuda("<module>", "demo_kernel", "sm_90a")
