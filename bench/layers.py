@@ -170,6 +170,8 @@ def parse_args(argv):
     p.add_argument("--corrupt", default=None, help="self-test: swap this linear's tensors after the reference is "
                                                    "decoded (e.g. layers.0.mlp.down_proj); the gate must fail")
     p.add_argument("--out", default=None, help="output folder (default bench/results/<gpu slug>/)")
+    p.add_argument("--commit", default=None, help="git commit to record (default: git rev-parse HEAD; pass it "
+                                                  "when the working copy's git metadata is not the code's)")
     args = p.parse_args(argv)
     args.formats = list(dict.fromkeys(args.formats))
     known = ir.list_formats()
@@ -185,7 +187,7 @@ def parse_args(argv):
     return args
 
 
-def _header(cuda: bool) -> dict:
+def _header(cuda: bool, commit: str | None = None) -> dict:
     import triton
 
     from .run import _git_commit
@@ -195,7 +197,7 @@ def _header(cuda: bool) -> dict:
     else:
         head = {"gpu": None, "device": "cpu: QuantLinear's reference path, correctness only, no timing",
                 "torch": torch.__version__, "triton": triton.__version__}
-    head["git_commit"] = _git_commit()
+    head["git_commit"] = commit or _git_commit()
     head["python"] = sys.version.split()[0]
     return head
 
@@ -356,7 +358,7 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     d = {k: getattr(args, k) for k in LLAMA3_8B}
-    header = _header(cuda)
+    header = _header(cuda, args.commit)
     out_dir = Path(args.out) if args.out else ROOT / "bench" / "results" / gpu_slug(header)
     if not cuda:
         print("bench layers: no CUDA device: QuantLinear runs its reference path; correctness only, no timing.",
