@@ -70,16 +70,12 @@ def _tensors(plan: KernelPlan) -> list[dict]:
     return out
 
 
-SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb", "matryoshka", "ccq", "aqlm")
-# why the other families are refused: the TVM artifact runs through runtime/cubin.py, which launches the kernel
-# alone (no x / y transform around it, no activation-quantization kernel before it)
-_LAUNCHER_ONLY = ("the TVM artifacts' launcher (runtime/cubin.py) runs the kernel alone and has no step for the "
-                  "{what} that the Triton entry point applies around its kernel")
+SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb", "matryoshka", "ccq", "aqlm", "higgs", "watersic")
+# why the other families are refused. Online transforms of x / y are no reason: the launcher applies them around
+# the kernel (runtime/cubin.py run_transformed); what is missing is a TVM decode of their core matrix
 REFUSED = {
-    "higgs": _LAUNCHER_ONLY.format(what="online Hadamard rotation of x"),
-    "qtip": _LAUNCHER_ONLY.format(what="online sign flips and Hadamard rotations of x and y"),
-    "vptq": _LAUNCHER_ONLY.format(what="online permutation of x"),
-    "watersic": _LAUNCHER_ONLY.format(what="online column scale of x"),
+    "qtip": "no TVM decode of its bitshift-trellis codes (the launcher applies its sign flips and Hadamards)",
+    "vptq": "no TVM decode of its vector codebooks with residual books and outlier columns",
     "w8a8": "the TVM templates have no quantized-activation (int8 x) path",
     "prefixquant": "the TVM templates have no quantized-activation (int4 x) path",
 }
@@ -97,9 +93,9 @@ def check_supported(plan: KernelPlan) -> None:
         raise SpecError(f"the TVM backend does not cover format {plan.format!r} (family {fam!r}, decode "
                         f"{plan.decode['kind']!r}) yet: {why}. It covers the families {list(SUPPORTED)}. "
                         f"Use --backend triton for this format.")
-    if plan.input_transforms or plan.output_transforms or plan.act_quant:
-        raise SpecError(f"the TVM backend has no online transforms or activation quantization yet "
-                        f"(format {plan.format!r}); use --backend triton")
+    if plan.act_quant:
+        raise SpecError(f"the TVM backend has no activation quantization yet (format {plan.format!r}); "
+                        f"use --backend triton")
 
 
 # -- schedule -----------------------------------------------------------------------------------------
@@ -329,22 +325,23 @@ class CpuKernel:
         self.lib = tvm_compat.compile_llvm(module_text(render_tvm(plan, "llvm")), plan.name)
 
     def run(self, x, tensors: dict, N: int, bias=None, out=None):
+        """The launcher's own transform / allocation / bias steps (runtime/cubin.py) around the llvm kernel."""
         import torch
-        K = x.shape[-1]
-        x2 = x.reshape(-1, K).contiguous()
-        M = x2.shape[0]
-        split = self.sched.SPLIT > 1
-        y = torch.zeros((M, N), dtype=torch.float32) if split else (
-            out.view(M, N) if out is not None else torch.empty((M, N), dtype=x.dtype))
-        b = bias if bias is not None else torch.zeros(N, dtype=x.dtype)
-        args = [x2, y, b] + [_flat(tensors[n]) for n in self.tensors] + [int(bias is not None)]
-        tvm_compat.call(self.lib, symbol(self.plan, str(x.dtype).removeprefix("torch.")), *args)
-        y = y.reshape(*x.shape[:-1], N)
-        if out is not None:
-            if y.data_ptr() != out.data_ptr():
-                out.copy_(y)
-            return out
-        return y.to(x.dtype)
+
+        from runtime.cubin import run_transformed
+
+        def run_kernel(x2, y, has_bias):
+            b = bias if bias is not None else torch.zeros(N, dtype=x.dtype)
+            args = [x2, y, b] + [_flat(tensors[n]) for n in self.tensors] + [int(has_bias)]
+            tvm_compat.call(self.lib, symbol(self.plan, str(x.dtype).removeprefix("torch.")), *args)
+        return run_transformed(_transform_meta(self.plan, self.sched), x, tensors, N, bias, out, run_kernel)
+
+
+def _transform_meta(plan: KernelPlan, sched) -> dict:
+    """The launch metadata runtime/cubin.py's transform step reads: the online transforms in spec order."""
+    return {"input_transforms": [dict(t) for t in plan.input_transforms],
+            "output_transforms": [dict(t) for t in plan.output_transforms],
+            "zero_init_y": sched.SPLIT > 1}
 
 
 def dequant_cpu(plan: KernelPlan, tensors: dict, N: int, K: int):
@@ -482,7 +479,7 @@ def launch_metadata(plan: KernelPlan, cuda_src: str, ptxas: dict[str, dict]) -> 
         "dynamic_shared_bytes": 0,
         "resources": resources,
         "y_dtype": "float32" if s.SPLIT > 1 else "x",
-        "zero_init_y": s.SPLIT > 1,
+        **_transform_meta(plan, s),
         "x_dtypes": [dt for dt, _ in X_DTYPES],
         "schedule": {"kind": type(s).__name__, "label": s.label, **asdict(s)},
         "tensor_schema": {t.name: {"shape": list(plan.schema_exprs[t.name][0]), "dtype": t.dtype,

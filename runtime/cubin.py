@@ -10,6 +10,13 @@ copies this file into every artifact folder as `tvm_launcher.py`, so the folder 
 x is float16/bfloat16 of shape (..., K) on a CUDA device; `tensors` maps the format's canonical tensor
 names to tensors on the same device; N is out_features. Every argument is checked (dtype, shape,
 contiguity, device, int32 index range) before the launch, which goes to torch's current stream.
+
+Formats with online transforms (launch metadata `input_transforms` / `output_transforms`, the spec's
+Transform dicts in spec order) get them around the kernel exactly as the Triton entry point applies them
+(templates/triton/base.py.jinja `run()`): on x before the launch (hadamard: blockwise Sylvester by the fast
+Walsh-Hadamard butterfly in fp32, back to x's dtype; permutation: x[:, idx], int16 indices read as uint16;
+signs / col_scale: an fp32 multiply, back to x's dtype), on y after it (hadamard; else an fp32 multiply),
+and then the bias, which the kernel does not add when there are output transforms.
 """
 from __future__ import annotations
 
@@ -24,6 +31,70 @@ _INT32_MAX = 2 ** 31 - 1
 
 def _eval(expr: str, env: dict) -> int:
     return int(eval(expr, {"__builtins__": {}}, env))  # noqa: S307 - manifest shape/grid expressions
+
+
+def hadamard(v: torch.Tensor, size: int, normalized: bool) -> torch.Tensor:
+    """Sylvester Hadamard over consecutive blocks of `size` along the last dim, in fp32, by the fast
+    Walsh-Hadamard butterfly, returned in v's dtype (twin of the Triton entry point's `_hadamard`)."""
+    shape = v.shape
+    y = v.float().reshape(-1, size)
+    h = 1
+    while h < size:
+        y = y.view(-1, size // (2 * h), 2, h)
+        y = torch.stack((y[:, :, 0] + y[:, :, 1], y[:, :, 0] - y[:, :, 1]), dim=2)
+        h *= 2
+    y = y.reshape(shape)
+    return (y / size ** 0.5 if normalized else y).to(v.dtype)
+
+
+def transform_input(transforms: list, x2: torch.Tensor, tensors: dict) -> torch.Tensor:
+    """The online input transforms (spec order) on x2 (M, K), each rounded back to x2's dtype; contiguous."""
+    for tr in transforms:
+        if tr["kind"] == "hadamard":
+            x2 = hadamard(x2, tr["size"] or x2.shape[-1], tr["normalized"])
+        elif tr["kind"] == "permutation":
+            t = tensors[tr["tensor"]]
+            idx = t.long() & 0xFFFF if t.dtype == torch.int16 else t.long()  # uint16 indices stored in int16
+            x2 = x2[:, idx]
+        else:  # signs, col_scale
+            x2 = (x2.float() * tensors[tr["tensor"]].float()).to(x2.dtype)
+    return x2.contiguous()
+
+
+def transform_output(transforms: list, y: torch.Tensor, tensors: dict) -> torch.Tensor:
+    """The online output transforms (spec order) on y (M, N): hadamard in y's dtype, else an fp32 multiply."""
+    for tr in transforms:
+        if tr["kind"] == "hadamard":
+            y = hadamard(y, tr["size"] or y.shape[-1], tr["normalized"])
+        else:
+            y = y.float() * tensors[tr["tensor"]].float()
+    return y
+
+
+def run_transformed(meta: dict, x, tensors: dict, N: int, bias, out, launch):
+    """y = T_out(kernel(T_in(x))) (+ bias): the transforms, y's allocation and the bias placement around
+    `launch(x2, y, has_bias)`, which runs the kernel on the contiguous (M, K) x2 into the (M, N) y."""
+    before, after = meta.get("input_transforms", []), meta.get("output_transforms", [])
+    K = x.shape[-1]
+    x2 = transform_input(before, x.reshape(-1, K), tensors)
+    M = x2.shape[0]
+    if meta["zero_init_y"]:
+        y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
+    elif out is not None and not after:
+        y = out.view(M, N)
+    else:
+        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    if M > 0:
+        launch(x2, y, bias is not None and not after)
+    y = transform_output(after, y, tensors)
+    if after and bias is not None:  # after the output transforms: the bias belongs to y, not the rotated product
+        y = y.float() + bias.float()
+    y = y.reshape(*x.shape[:-1], N)
+    if out is not None:
+        if y.data_ptr() != out.data_ptr():
+            out.copy_(y)
+        return out
+    return y.to(x.dtype)
 
 
 def _manifest(folder: str | Path) -> dict:
@@ -57,7 +128,9 @@ class CubinKernel:
         self.name = entry["name"]
         self.meta = entry["launch"]
         self.cubin_path = Path(folder) / entry["files"]["cubin"]
-        self.needed = {p["name"] for p in self.meta["params"] if p["kind"] == "pointer"} - {"x", "y", "bias"}
+        self.needed = ({p["name"] for p in self.meta["params"] if p["kind"] == "pointer"} - {"x", "y", "bias"}) | {
+            tr["tensor"] for tr in (*self.meta.get("input_transforms", ()), *self.meta.get("output_transforms", ()))
+            if tr["tensor"]}
         self._kernels: dict = {}
         self._devices: dict = {}
         self._shapes: dict = {}
@@ -121,31 +194,19 @@ class CubinKernel:
 
     def __call__(self, x, tensors: dict, N: int, bias=None, out=None):
         self.check(x, tensors, N, bias, out)
-        from cuda.core import LaunchConfig, Stream, launch
-        K = x.shape[-1]
-        x2 = x.reshape(-1, K).contiguous()
-        M = x2.shape[0]
-        split = self.meta["zero_init_y"]
-        if split:
-            y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
-        elif out is not None:
-            y = out.view(M, N)
-        else:
-            y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-        if M > 0:
-            kernel = self._kernel(x.device, x.dtype)
+        return run_transformed(self.meta, x, tensors, N, bias, out, self._launcher(x, tensors, N, bias))
+
+    def _launcher(self, x, tensors: dict, N: int, bias):
+        def run_kernel(x2, y, has_bias):
+            from cuda.core import LaunchConfig, Stream, launch
+            M, K = x2.shape
             env = {"M": M, "N": N, "K": K}
-            values = {"M": M, "N": N, "K": K, "has_bias": int(bias is not None),
+            values = {"M": M, "N": N, "K": K, "has_bias": int(has_bias),
                       "x": x2, "y": y, "bias": bias if bias is not None else x2, **tensors}
             args = [values[p["name"]].data_ptr() if p["kind"] == "pointer" else ctypes.c_int32(values[p["name"]])
                     for p in self.meta["params"]]
             config = LaunchConfig(grid=tuple(_eval(g, env) for g in self.meta["grid"]),
                                   block=tuple(self.meta["block"]), shmem_size=self.meta["dynamic_shared_bytes"])
             stream = Stream.from_handle(torch.cuda.current_stream(x.device).cuda_stream)
-            launch(stream, config, kernel, *args)
-        y = y.view(*x.shape[:-1], N)
-        if out is not None:
-            if y.data_ptr() != out.data_ptr():
-                out.copy_(y)
-            return out
-        return y.to(x.dtype)
+            launch(stream, config, self._kernel(x.device, x.dtype), *args)
+        return run_kernel

@@ -2,6 +2,9 @@
 x @ ir.dequantize(qt).T; the decode macros are bit-exact against the reference decoders; the CUDA build
 (TVM -> CUDA C, nvcc -> cubin) writes deterministic artifacts with launch metadata; the cubin launcher
 checks its arguments before launching; the families without a TVM decode are refused with the reason.
+Formats with online transforms (higgs: Hadamard on x; watersic: col_scale on x) decode their core matrix C
+(y = T_in(x) @ C^T); the launcher's transform step (runtime/cubin.py run_transformed) runs around the llvm
+kernel too, and is checked bit-exactly against the Triton entry point's own transform code.
 
 Shapes are small and legal per format, N and K not multiples of the tiles (tests/kernel_harness.py)."""
 import json
@@ -17,8 +20,12 @@ from codegen import tvm_compat
 from codegen.artifacts import build
 from codegen.plan import lower
 from ir import KernelConfig, SpecError
+from ir.formats.higgs import decode_higgs_rotated
+from ir.hadamard import block_hadamard
 from ir.registry import get_codec
-from kernel_harness import REL_TOL, check_kernel, small_problem
+from ir.synthetic import synthetic_quantized
+from kernel_harness import REL_TOL, check_kernel, kernel_module, small_problem
+from runtime import cubin
 
 pytestmark = pytest.mark.skipif(bool(tvm_compat.unavailable_reason()),
                                 reason=f"TVM backend tests need TVM: {tvm_compat.unavailable_reason()}")
@@ -32,6 +39,10 @@ VARIANTS = {
     "gptq[b8,g-1]": ("gptq", {"bits": 8, "group_size": -1}),
     "gptq[b3,v1]": ("gptq", {"bits": 3, "checkpoint": "v1"}),
     "bnb_nf4[no_dq]": ("bnb_nf4", {"double_quant": False}),
+    # smaller Hadamard blocks than the presets' 1024 (K = 3 x 1024 there): 6-bit p=2 fields straddle words
+    "higgs[p2,b3,h256]": ("higgs", {"p": 2, "bits": 3, "group_size": 128, "hadamard_size": 256}),
+    "watersic[b3]": ("watersic", {"bits": 3}),   # 10 fields per word, tail of 4
+    "watersic[b8]": ("watersic", {"bits": 8}),   # int8 [N, K], no packing
 }
 # decode paths the presets do not reach, checked through the decode-only kernel (the same macro text the
 # matmul kernels plug in; their presets run the full kernels above)
@@ -46,6 +57,8 @@ DECODE_VARIANTS = {
     "ccq_wint2_5[bf16]": ("ccq_wint2_5", {"scale_dtype": "bfloat16"}),
     # aqlm: 2x4 blocks (codebook rows span two outputs), three books of 6-bit codes
     "aqlm[3x6,g2x4]": ("aqlm", {"num_codebooks": 3, "nbits": 6, "out_group_size": 2, "in_group_size": 4}),
+    "higgs[p1,b2,h64]": ("higgs", {"p": 1, "bits": 2, "group_size": 64, "hadamard_size": 64}),
+    "watersic[b5]": ("watersic", {"bits": 5}),
 }
 CASES = {n: (n, {}) for n in COVERED} | VARIANTS
 ALL_CASES = CASES | DECODE_VARIANTS
@@ -67,13 +80,24 @@ def quantized():
     return get
 
 
+def core_matrix(qt) -> torch.Tensor:
+    """C of y = T_in(x) @ C^T, what the decode macro computes: ir.dequantize(qt) without the online transforms."""
+    N, K = qt.shape
+    if qt.spec.family == "higgs":   # the weight in the Hadamard-rotated basis
+        return decode_higgs_rotated(qt.spec, qt.tensors, N, K).float()
+    if qt.spec.family == "watersic":   # row_scale * (Z * 1): col_scale is folded into x
+        return get_codec(qt.spec).dequantize(qt.spec, dict(qt.tensors, col_scale=torch.ones(K)), N, K)
+    assert not qt.spec.transforms, f"{qt.spec.name}: say how its core matrix is decoded"
+    return ir.dequantize(qt)
+
+
 @pytest.mark.parametrize("case", list(ALL_CASES))
 def test_decode_macro_is_bit_exact(case, quantized):
     qt, gemv, _ = quantized(case)
     N, K = qt.shape
     plan = lower(qt.spec, 1, N, K, gemv, "sm90", family="gemv")
-    W = tb.dequant_cpu(plan, qt.tensors, N, K)
-    assert torch.equal(W, ir.dequantize(qt)), f"{case}: max |diff| {(W - ir.dequantize(qt)).abs().max():.3g}"
+    W, C = tb.dequant_cpu(plan, qt.tensors, N, K), core_matrix(qt)
+    assert torch.equal(W, C), f"{case}: max |diff| {(W - C).abs().max():.3g}"
 
 
 def _mma_config(K: int) -> KernelConfig:
@@ -132,6 +156,61 @@ def test_uncovered_formats_are_refused_with_the_reason(name):
         tb.render_tvm(lower(spec, 1, N, K, gemv, "sm90", family="gemv"))
 
 
+@pytest.mark.parametrize("name", ["qtip", "vptq", "higgs_p1_b4", "watersic"])
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_launcher_transforms_match_the_triton_entry_point(name, split_k, gen):
+    """runtime/cubin.py's transform step (input transforms, y allocation, output transforms, then the bias)
+    against the generated Triton entry point's, both around the same stand-in kernel (y = x2 @ C^T in fp32,
+    + bias when the kernel is asked to add it): bit-exact, for every transform kind (qtip: signs and Hadamard on
+    x and y; vptq: int16 permutation; higgs: 1024-block Hadamard; watersic: col_scale)."""
+    spec = ir.get_format(name)
+    N, K, gemv, _ = small_problem(spec)
+    cfg = KernelConfig(**{**gemv.to_dict(), "split_k": split_k, "block_k": 32 if split_k > 1 else gemv.block_k})
+    qt = synthetic_quantized(spec, N, K, seed=5)
+    C = torch.randn(N, K, generator=gen)
+
+    def fake(x2, y, bias, has_bias):
+        acc = x2.float() @ C.T + (bias.float() if has_bias else 0.0)
+        y.copy_(y.float() + acc if y.dtype == torch.float32 else acc)
+
+    plan = lower(spec, 3, N, K, cfg, "sm90", family="gemv")
+    mod = kernel_module(spec, "gemv", 3, N, K, cfg)
+
+    class Launch:
+        def __getitem__(self, grid):
+            return lambda x2, y, bias, *args, HAS_BIAS, **kw: fake(x2, y, bias, HAS_BIAS)
+
+    setattr(mod, plan.name, Launch())
+    meta = json.loads(json.dumps(tb._transform_meta(plan, tb.schedule(plan))))   # as the manifest stores it
+    assert meta["input_transforms"] == [t.to_dict() for t in spec.transforms if t.side == "input"]
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(2, 3, K, generator=gen).to(dtype)
+        b = torch.randn(N, generator=gen).to(dtype)
+        for bias in (None, b):
+            want = mod.run(x, qt.tensors, N, bias=bias)
+            got = cubin.run_transformed(meta, x, qt.tensors, N, bias, None,
+                                        lambda x2, y, has_bias: fake(x2, y, bias, has_bias))
+            assert got.dtype == dtype and got.shape == (2, 3, N) and torch.equal(got, want), (name, dtype, bias)
+            out = torch.full((2, 3, N), float("nan"), dtype=dtype)
+            got = cubin.run_transformed(meta, x, qt.tensors, N, bias, out,
+                                        lambda x2, y, has_bias: fake(x2, y, bias, has_bias))
+            assert got is out and torch.equal(out, want)
+
+
+def test_launcher_hadamard_and_uint16_permutation():
+    """The butterfly is the normalized Sylvester block Hadamard (ir.hadamard, float64) up to rounding; int16
+    permutation indices above 32767 are read as uint16."""
+    v = torch.randn(3, 2048, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(cubin.hadamard(v, 512, True), block_hadamard(v, 512), atol=1e-5)
+    K = 40000
+    perm = torch.randperm(K, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, K).half()
+    tr = {"kind": "permutation", "side": "input", "placement": "online", "size": 0, "normalized": True,
+          "tensor": "perm"}
+    got = cubin.transform_input([tr], x, {"perm": perm.to(torch.int16)})
+    assert (perm > 32767).any() and torch.equal(got, x[:, perm])
+
+
 def test_ccq_affine_code_map_is_one_fma():
     """Arbitrary float32 code maps, where z * a + b rounded twice sometimes differs from one fma: the decode
     matches the reference's single-rounding fma (the encoder's own maps are exact either way)."""
@@ -151,7 +230,8 @@ def test_ccq_affine_code_map_is_one_fma():
     assert torch.equal(W, get_codec(spec).dequantize(spec, t, N, K))
 
 
-@pytest.mark.parametrize("name", ["gptq", "awq", "eqat_w3g128", "gguf_q4_k", "bnb_nf4", "ccq_wint2"])
+@pytest.mark.parametrize("name", ["gptq", "awq", "eqat_w3g128", "gguf_q4_k", "bnb_nf4", "ccq_wint2", "higgs",
+                                  "watersic"])
 def test_cuda_source_and_launch_metadata(name):
     spec = ir.get_format(name)
     N, K, gemv, _ = small_problem(spec)
@@ -166,6 +246,8 @@ def test_cuda_source_and_launch_metadata(name):
     assert {"x", "y", "bias", "has_bias"} <= set(names) and set(names) <= {"x", "y", "bias", "M", "N", "K", "has_bias",
                                                                          *plan.tensor_names}
     assert (gemv.split_k > 1) == ("atomic_add" in cuda) == meta["zero_init_y"]
+    assert meta["input_transforms"] == [t.to_dict() for t in spec.transforms if t.side == "input"]
+    assert meta["output_transforms"] == [t.to_dict() for t in spec.transforms if t.side == "output"]
     mma = lower(spec, 16, N, K, _mma_config(K), "sm90", family="gemm")
     cuda = tvm_compat.compile_cuda(tb.module_text(tb.render_tvm(mma, "cuda")), mma.name, "sm_90a")
     assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in cuda
@@ -208,6 +290,19 @@ def test_cubin_launcher_checks_arguments_before_launch(tmp_path, gen):
         kern(x[:, :-1], qt.tensors, N)
     with pytest.raises(ValueError, match="CUDA device"):
         kern(x, qt.tensors, N)
+
+
+def test_cubin_launcher_needs_the_transform_tensors(tmp_path, gen):
+    """watersic's col_scale is read by the launcher's input transform, not by the kernel: still required."""
+    spec = ir.get_format("watersic")
+    N, K, gemv, _ = small_problem(spec)
+    plan = lower(spec, 1, N, K, gemv, "sm90", family="gemv")
+    cuda = tvm_compat.compile_cuda(tb.module_text(tb.render_tvm(plan, "cuda")), plan.name, "sm_90a")
+    kern = cubin.CubinKernel(tmp_path, {"name": plan.name, "files": {"cubin": "absent.cubin"},
+                                        "launch": tb.launch_metadata(plan, cuda, {})})
+    qt = synthetic_quantized(spec, N, K, seed=0)
+    with pytest.raises(KeyError, match="missing tensor 'col_scale'"):
+        kern(torch.randn(1, K, generator=gen).half(), {k: v for k, v in qt.tensors.items() if k != "col_scale"}, N)
 
 
 def test_missing_nvcc_is_a_clear_build_error(monkeypatch, tmp_path):
