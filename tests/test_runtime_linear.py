@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+from fake_gpu import HEADER
 from kernel_harness import REL_TOL
 from torch import nn
 
@@ -182,23 +183,6 @@ def test_fake_impl_shapes():
 
 
 # -- the kernel path, run by the Triton interpreter with a faked GPU -----------------------------------------
-HEADER = {"gpu": "Fake GPU 80GB", "capability": "9.0", "arch": "sm90", "driver": "1", "cuda": "13.0",
-          "torch": "x", "triton": "3.6.0", "tvm": None, "quantcc": "0.1.0", "template_hash": "t"}
-
-
-@pytest.fixture
-def fake_gpu(monkeypatch, tmp_path):
-    """The CPU stands in for a CUDA device: kernels run under TRITON_INTERPRET=1 (conftest)."""
-    monkeypatch.setenv("QUANTCC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(op, "_on_gpu", lambda device: True)
-    monkeypatch.setattr(op, "_device_arch", lambda device: "sm90")
-    monkeypatch.setattr(op, "_device_header", lambda device: HEADER)
-    monkeypatch.setattr(tuning, "DB_DIR", tmp_path / "db")
-    monkeypatch.setattr(op, "_DISPATCH", {})
-    monkeypatch.setattr(op, "_warned", set())
-    tuning._load_for.cache_clear()
-    yield tmp_path
-    tuning._load_for.cache_clear()
 
 
 def test_kernel_dispatch_heuristic_then_tuned(fake_gpu, gen, caplog):

@@ -15,11 +15,9 @@ import ir
 from codegen import tvm_compat
 from ir import SpecError
 from ir.synthetic import synthetic_quantized
-from runtime import QuantLinear, TvmArtifactError, op, set_backend, tuning, tvm_artifacts, use_tvm_artifacts
+from runtime import QuantLinear, TvmArtifactError, op, set_backend, tvm_artifacts, use_tvm_artifacts
 
 N, K = 64, 256
-HEADER = {"gpu": "Fake GPU 80GB", "capability": "9.0", "arch": "sm90", "driver": "1", "cuda": "13.0",
-          "torch": "x", "triton": "3.6.0", "tvm": None, "quantcc": "0.1.0", "template_hash": "t"}
 
 
 def _no_build_reason() -> str:
@@ -42,24 +40,6 @@ def folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("tvm") / "gptq"
     build(ir.get_format("gptq"), "sm90", out, "tvm", shapes=[(N, K)], batches=[1, 16])
     return out.resolve()
-
-
-@pytest.fixture
-def fake_gpu(monkeypatch, tmp_path):
-    """The CPU stands in for an sm90 CUDA device (as in test_runtime_linear.py); an empty TVM registry."""
-    monkeypatch.setenv("QUANTCC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("QUANTCC_TVM_ARTIFACTS", raising=False)
-    monkeypatch.setattr(op, "_on_gpu", lambda device: True)
-    monkeypatch.setattr(op, "_device_arch", lambda device: "sm90")
-    monkeypatch.setattr(op, "_device_header", lambda device: HEADER)
-    monkeypatch.setattr(tuning, "DB_DIR", tmp_path / "db")
-    monkeypatch.setattr(op, "_DISPATCH", {})
-    monkeypatch.setattr(op, "_warned", set())
-    monkeypatch.setattr(op, "_backend", "auto")
-    monkeypatch.setattr(tvm_artifacts, "_FOLDERS", {})
-    tuning._load_for.cache_clear()
-    yield tmp_path
-    tuning._load_for.cache_clear()
 
 
 def _layer(backend=None, seed=0):
