@@ -54,7 +54,7 @@ def _layout(plan: KernelPlan) -> Layout:
         return Layout("N", 1, plan.params["fields_per_word"])  # one word along K
     if fam == "ccq":  # one cluster byte (seq_len values) / WINT2.5 words along K, columns adjacent
         return Layout("N", 1, plan.params.get("seq_len", 8))
-    return Layout("K", 1, 8)  # gguf, bnb: row-major bytes along K; aqlm: codes along K
+    return Layout("K", 1, 8)  # gguf, bnb: row-major bytes along K; aqlm, vptq: codes along K
 
 
 def _tensors(plan: KernelPlan) -> list[dict]:
@@ -70,12 +70,11 @@ def _tensors(plan: KernelPlan) -> list[dict]:
     return out
 
 
-SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb", "matryoshka", "ccq", "aqlm", "higgs", "watersic")
+SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb", "matryoshka", "ccq", "aqlm", "higgs", "watersic", "vptq")
 # why the other families are refused. Online transforms of x / y are no reason: the launcher applies them around
 # the kernel (runtime/cubin.py run_transformed); what is missing is a TVM decode of their core matrix
 REFUSED = {
     "qtip": "no TVM decode of its bitshift-trellis codes (the launcher applies its sign flips and Hadamards)",
-    "vptq": "no TVM decode of its vector codebooks with residual books and outlier columns",
     "w8a8": "the TVM templates have no quantized-activation (int8 x) path",
     "prefixquant": "the TVM templates have no quantized-activation (int4 x) path",
 }

@@ -2,9 +2,9 @@
 x @ ir.dequantize(qt).T; the decode macros are bit-exact against the reference decoders; the CUDA build
 (TVM -> CUDA C, nvcc -> cubin) writes deterministic artifacts with launch metadata; the cubin launcher
 checks its arguments before launching; the families without a TVM decode are refused with the reason.
-Formats with online transforms (higgs: Hadamard on x; watersic: col_scale on x) decode their core matrix C
-(y = T_in(x) @ C^T); the launcher's transform step (runtime/cubin.py run_transformed) runs around the llvm
-kernel too, and is checked bit-exactly against the Triton entry point's own transform code.
+Formats with online transforms (higgs: Hadamard on x; watersic: col_scale on x; vptq: x[:, perm]) decode their
+core matrix C (y = T_in(x) @ C^T); the launcher's transform step (runtime/cubin.py run_transformed) runs around
+the llvm kernel too, and is checked bit-exactly against the Triton entry point's own transform code.
 
 Shapes are small and legal per format, N and K not multiples of the tiles (tests/kernel_harness.py)."""
 import json
@@ -43,6 +43,10 @@ VARIANTS = {
     "higgs[p2,b3,h256]": ("higgs", {"p": 2, "bits": 3, "group_size": 128, "hadamard_size": 256}),
     "watersic[b3]": ("watersic", {"bits": 3}),   # 10 fields per word, tail of 4
     "watersic[b8]": ("watersic", {"bits": 8}),   # int8 [N, K], no packing
+    # 32 outlier columns with their own book, two groups of 32, int16 (unpacked) indices and int64 perm
+    "vptq[o32,g32,u16]": ("vptq", {"vector_len": 4, "num_centroids": 256, "num_res_centroids": 16,
+                                   "group_size": 32, "outlier_size": 32, "outlier_vector_len": 4,
+                                   "num_outlier_centroids": 64, "packed": False}),
 }
 # decode paths the presets do not reach, checked through the decode-only kernel (the same macro text the
 # matmul kernels plug in; their presets run the full kernels above)
@@ -59,6 +63,11 @@ DECODE_VARIANTS = {
     "aqlm[3x6,g2x4]": ("aqlm", {"num_codebooks": 3, "nbits": 6, "out_group_size": 2, "in_group_size": 4}),
     "higgs[p1,b2,h64]": ("higgs", {"p": 1, "bits": 2, "group_size": 64, "hadamard_size": 64}),
     "watersic[b5]": ("watersic", {"bits": 5}),
+    # vptq: packed 15-bit merged fields straddling words, groups and outliers; no residual, perm or norm
+    "vptq[o32,g32,b15]": ("vptq", {"vector_len": 2, "num_centroids": 4096, "num_res_centroids": 8,
+                                   "group_size": 32, "outlier_size": 32, "num_outlier_centroids": 16}),
+    "vptq[v3,plain]": ("vptq", {"vector_len": 3, "num_centroids": 64, "num_res_centroids": 0,
+                                "perm": False, "norm": False}),
 }
 CASES = {n: (n, {}) for n in COVERED} | VARIANTS
 ALL_CASES = CASES | DECODE_VARIANTS
@@ -87,6 +96,8 @@ def core_matrix(qt) -> torch.Tensor:
         return decode_higgs_rotated(qt.spec, qt.tensors, N, K).float()
     if qt.spec.family == "watersic":   # row_scale * (Z * 1): col_scale is folded into x
         return get_codec(qt.spec).dequantize(qt.spec, dict(qt.tensors, col_scale=torch.ones(K)), N, K)
+    if qt.spec.family == "vptq" and qt.spec.param("perm"):   # the launcher gathers x[:, perm]
+        return ir.dequantize(qt)[:, qt.tensors["perm"].to(torch.int64) & 0xFFFF]
     assert not qt.spec.transforms, f"{qt.spec.name}: say how its core matrix is decoded"
     return ir.dequantize(qt)
 
@@ -98,6 +109,18 @@ def test_decode_macro_is_bit_exact(case, quantized):
     plan = lower(qt.spec, 1, N, K, gemv, "sm90", family="gemv")
     W, C = tb.dequant_cpu(plan, qt.tensors, N, K), core_matrix(qt)
     assert torch.equal(W, C), f"{case}: max |diff| {(W - C).abs().max():.3g}"
+
+
+@pytest.mark.parametrize("case", [c for c in ALL_CASES if ALL_CASES[c][0].startswith("vptq")])
+def test_vptq_decode_is_bit_exact_on_full_range_indices(case):
+    """The encoder's small-shape codes use few codebook entries (and zero residuals): random merged words, every
+    index value and straddling field up to the top bits, and random uint16 perms, through the same macro."""
+    name, opts = ALL_CASES[case]
+    spec = ir.get_format(name, **opts)
+    N, K, gemv, _ = small_problem(spec)
+    qt = synthetic_quantized(spec, N, K, seed=7)
+    W = tb.dequant_cpu(lower(spec, 1, N, K, gemv, "sm90", family="gemv"), qt.tensors, N, K)
+    assert torch.equal(W, core_matrix(qt))
 
 
 def _mma_config(K: int) -> KernelConfig:
