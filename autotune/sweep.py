@@ -19,7 +19,8 @@ import torch
 
 from codegen.arch import default_config, get_arch, kernel_family
 from codegen.triton_backend import tuned_kernel_hash
-from ir import FormatSpec, KernelConfig, SpecError
+from ir import FormatSpec, KernelConfig
+from runtime.tuning import entry_matches_kernel
 
 from .db import entry_key, is_stale, load_for_write, make_entry, merge_entries
 from .space import Search
@@ -207,12 +208,11 @@ def entry_for(res: CaseResult, header: dict, options: dict) -> dict:
 
 
 def _same_kernel(entry: dict, c: Case, arch: str) -> bool:
-    """The entry timed the kernel the current templates render for its config (else it is re-tuned)."""
     try:
         cfg = KernelConfig(**entry["config"])
-        return entry.get("kernel_hash") == tuned_kernel_hash(c.spec, c.bucket, c.N, c.K, cfg, arch)
-    except (SpecError, TypeError, ValueError):  # a config the current lowering refuses is another kernel
+    except (TypeError, ValueError):
         return False
+    return entry_matches_kernel(entry, c.spec, c.bucket, c.N, c.K, cfg, arch)
 
 
 def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer: Timer, budget_s: float,

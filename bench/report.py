@@ -98,6 +98,21 @@ def _order(cases) -> list[str]:
     return [lab for _, labs in _class_order(cases) for lab in labs]
 
 
+
+def _class_table(title, head, sep, order, shapes, by, M, field, fmt) -> list[str]:
+    """One markdown table: a row per format (with class and bits/w), a column per shape, `fmt(case)` where the
+    case has `field`, else its status; formats with no value at any shape are left out."""
+    lines = [f"## {title}", "", head, sep]
+    for lab in order:
+        row = [by.get((lab, n, k, M)) for n, k in shapes]
+        if not any(c and c.get(field) for c in row):
+            continue
+        c0 = next(c for c in row if c)
+        cells = [fmt(c) if c and c.get(field) else (c["status"] if c else "") for c in row]
+        lines.append(f"| {lab} | {c0.get('klass', '')} | {_fmt(c0.get('bits_per_weight'), '.2f')} | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
 def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None else format(v, spec)
 
@@ -134,30 +149,12 @@ def render_markdown(doc: dict) -> str:
         head = "| format | class | bits/w | " + " | ".join(f"{n}x{k}" for n, k in shapes) + " |"
         sep = "|---|---|---|" + "---|" * len(shapes)
         if 1 in batches:
-            lines += ["## M=1: fraction of the read floor (the floor for its own bytes over the kernel time)", "",
-                      head, sep]
-            for lab in order:
-                row = [by.get((lab, n, k, 1)) for n, k in shapes]
-                if not any(c and c.get("floor_frac") for c in row):
-                    continue
-                c0 = next(c for c in row if c)
-                cells = [f"{c['floor_frac']:.0%} ({c['us']:.1f} us)" if c and c.get("floor_frac") else
-                         (c["status"] if c else "") for c in row]
-                lines.append(f"| {lab} | {c0.get('klass', '')} | {_fmt(c0.get('bits_per_weight'), '.2f')} | "
-                             + " | ".join(cells) + " |")
-            lines.append("")
+            lines += _class_table("M=1: fraction of the read floor (the floor for its own bytes over the kernel "
+                                  "time)", head, sep, order, shapes, by, 1, "floor_frac",
+                                  lambda c: f"{c['floor_frac']:.0%} ({c['us']:.1f} us)")
         for M in batches:
-            lines += [f"## M={M}: speedup vs fp16 cuBLAS", "", head, sep]
-            for lab in order:
-                row = [by.get((lab, n, k, M)) for n, k in shapes]
-                if not any(c and c.get("speedup_vs_fp16") for c in row):
-                    continue
-                c0 = next(c for c in row if c)
-                cells = [f"{c['speedup_vs_fp16']:.2f}x" if c and c.get("speedup_vs_fp16") else
-                         (c["status"] if c else "") for c in row]
-                lines.append(f"| {lab} | {c0.get('klass', '')} | {_fmt(c0.get('bits_per_weight'), '.2f')} | "
-                             + " | ".join(cells) + " |")
-            lines.append("")
+            lines += _class_table(f"M={M}: speedup vs fp16 cuBLAS", head, sep, order, shapes, by, M,
+                                  "speedup_vs_fp16", lambda c: f"{c['speedup_vs_fp16']:.2f}x")
     lines += ["## All cases", ""]
     for n, k in shapes:
         lines += [f"### {n}x{k}", "", "| format | M | status | config (source) | rel err | us | eager us | MB | "

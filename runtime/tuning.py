@@ -117,7 +117,7 @@ def lookup_config(spec: FormatSpec, N: int, K: int, M: int, header: dict, backen
                         spec.name, N, K, bucket, err)
             return None
         arch = header.get("arch") or arch_of_capability(*(int(v) for v in str(header.get("capability", "0.0")).split(".")))
-        if e.get("kernel_hash") != _kernel_hash(spec, bucket, N, K, cfg, arch):
+        if not entry_matches_kernel(e, spec, bucket, N, K, cfg, arch):
             note = (f"tuning entry for {spec.name} N={N} K={K} M-bucket {bucket} timed another kernel than the "
                     f"current templates render; re-tune it with `python -m autotune sweep`")
             e = None
@@ -129,8 +129,11 @@ def lookup_config(spec: FormatSpec, N: int, K: int, M: int, header: dict, backen
     return Lookup(cfg, "db-stale" if stale else "db", note)
 
 
-def _kernel_hash(spec: FormatSpec, M: int, N: int, K: int, cfg: KernelConfig, arch: str) -> str | None:
+def entry_matches_kernel(entry: dict, spec: FormatSpec, bucket: int, N: int, K: int, cfg: KernelConfig,
+                         arch: str) -> bool:
+    """The entry timed the kernel the current templates render for its config (the autotuner re-tunes, and
+    the runtime ignores, an entry that does not). A config the lowering now refuses is another kernel."""
     try:
-        return tuned_kernel_hash(spec, M, N, K, cfg, arch)
-    except (SpecError, TypeError, ValueError):  # a config the lowering now refuses: not the timed kernel
-        return None
+        return entry.get("kernel_hash") == tuned_kernel_hash(spec, bucket, N, K, cfg, arch)
+    except (SpecError, TypeError, ValueError):
+        return False
