@@ -70,11 +70,10 @@ def _tensors(plan: KernelPlan) -> list[dict]:
     return out
 
 
-SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb", "matryoshka", "ccq", "aqlm", "higgs", "watersic", "vptq")
+SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb", "matryoshka", "ccq", "aqlm", "higgs", "watersic", "vptq", "qtip")
 # why the other families are refused. Online transforms of x / y are no reason: the launcher applies them around
 # the kernel (runtime/cubin.py run_transformed); what is missing is a TVM decode of their core matrix
 REFUSED = {
-    "qtip": "no TVM decode of its bitshift-trellis codes (the launcher applies its sign flips and Hadamards)",
     "w8a8": "the TVM templates have no quantized-activation (int8 x) path",
     "prefixquant": "the TVM templates have no quantized-activation (int4 x) path",
 }

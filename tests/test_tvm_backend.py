@@ -2,7 +2,8 @@
 x @ ir.dequantize(qt).T; the decode macros are bit-exact against the reference decoders; the CUDA build
 (TVM -> CUDA C, nvcc -> cubin) writes deterministic artifacts with launch metadata; the cubin launcher
 checks its arguments before launching; the families without a TVM decode are refused with the reason.
-Formats with online transforms (higgs: Hadamard on x; watersic: col_scale on x; vptq: x[:, perm]) decode their
+Formats with online transforms (higgs: Hadamard on x; watersic: col_scale on x; vptq: x[:, perm];
+qtip: signs and whole-dimension Hadamards on x and y) decode their
 core matrix C (y = T_in(x) @ C^T); the launcher's transform step (runtime/cubin.py run_transformed) runs around
 the llvm kernel too, and is checked bit-exactly against the Triton entry point's own transform code.
 
@@ -21,6 +22,7 @@ from codegen.artifacts import build
 from codegen.plan import lower
 from ir import KernelConfig, SpecError
 from ir.formats.higgs import decode_higgs_rotated
+from ir.formats.qtip import decode_tiles
 from ir.hadamard import block_hadamard
 from ir.registry import get_codec
 from ir.synthetic import synthetic_quantized
@@ -69,6 +71,16 @@ DECODE_VARIANTS = {
     "vptq[v3,plain]": ("vptq", {"vector_len": 3, "num_centroids": 64, "num_res_centroids": 0,
                                 "perm": False, "norm": False}),
 }
+# decoded from synthetic codes only (QtipCodec.synthetic: random words, every stream a valid tail-biting path;
+# the Viterbi encoder is too slow for CI): states straddling words (K=3), HYB V=1 / Q=8, the tile layout with the
+# computed codes 1MAD / 3INST
+SYNTHETIC_VARIANTS = {
+    "qtip[K3]": ("qtip", {"K": 3}),
+    "qtip[K4,V1]": ("qtip", {"K": 4, "V": 1}),
+    "qtip[Q8]": ("qtip", {"Q": 8}),
+    "qtip[1mad]": ("qtip", {"code": "1mad"}),
+    "qtip[3inst,K3]": ("qtip", {"code": "3inst", "K": 3}),
+}
 CASES = {n: (n, {}) for n in COVERED} | VARIANTS
 ALL_CASES = CASES | DECODE_VARIANTS
 
@@ -98,6 +110,8 @@ def core_matrix(qt) -> torch.Tensor:
         return get_codec(qt.spec).dequantize(qt.spec, dict(qt.tensors, col_scale=torch.ones(K)), N, K)
     if qt.spec.family == "vptq" and qt.spec.param("perm"):   # the launcher gathers x[:, perm]
         return ir.dequantize(qt)[:, qt.tensors["perm"].to(torch.int64) & 0xFFFF]
+    if qt.spec.family == "qtip":   # the trellis matrix What: the launcher applies SU, H_K on x and H_N, SV on y
+        return decode_tiles(qt.spec, qt.tensors["trellis"], N, K, qt.tensors.get("tlut"))
     assert not qt.spec.transforms, f"{qt.spec.name}: say how its core matrix is decoded"
     return ir.dequantize(qt)
 
@@ -111,11 +125,13 @@ def test_decode_macro_is_bit_exact(case, quantized):
     assert torch.equal(W, C), f"{case}: max |diff| {(W - C).abs().max():.3g}"
 
 
-@pytest.mark.parametrize("case", [c for c in ALL_CASES if ALL_CASES[c][0].startswith("vptq")])
-def test_vptq_decode_is_bit_exact_on_full_range_indices(case):
-    """The encoder's small-shape codes use few codebook entries (and zero residuals): random merged words, every
-    index value and straddling field up to the top bits, and random uint16 perms, through the same macro."""
-    name, opts = ALL_CASES[case]
+@pytest.mark.parametrize("case", [c for c in ALL_CASES if ALL_CASES[c][0].startswith(("vptq", "qtip"))]
+                         + list(SYNTHETIC_VARIANTS))
+def test_decode_is_bit_exact_on_full_range_codes(case):
+    """vptq: the encoder's small-shape codes use few codebook entries (and zero residuals): random merged words,
+    every index value and straddling field up to the top bits, and random uint16 perms, through the same macro.
+    qtip: random trellis words reach every state, hence every tlut row, sign and computed-code value."""
+    name, opts = (ALL_CASES | SYNTHETIC_VARIANTS)[case]
     spec = ir.get_format(name, **opts)
     N, K, gemv, _ = small_problem(spec)
     qt = synthetic_quantized(spec, N, K, seed=7)
