@@ -104,6 +104,23 @@ def sic_decode(Z: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor
     return row_scale.float()[:, None] * (Z.float() * col_scale.float()[None, :])
 
 
+def codes_f32_of_words(words: torch.Tensor, bits: int) -> torch.Tensor:
+    """Z as float32 [R, 32 // bits, C] of int32 words [R, C] holding 32 // bits two's complement fields LSB-first,
+    computed as the Triton fast path does (twin of _sic_codes_f32 in templates/triton/decode/watersic.jinja):
+    XOR with every field's sign bit gives u = Z + 2**(bits-1); field i stays at bit p (after a shift right by 16
+    when it would reach bit 23) and is or-ed with the exponent bits of 2**23, reading as 2**23 + u * 2**p;
+    one fused multiply-add by 2**-p minus (2**(23-p) + 2**(bits-1)) leaves Z (exact: float64 here, one rounding)."""
+    per = 32 // bits
+    xmask = 2 ** (bits - 1) * ((2 ** (bits * per) - 1) // (2 ** bits - 1))
+    w = ((words.to(torch.int64) & 0xFFFFFFFF) ^ xmask)[:, None, :]
+    pos = torch.arange(per, dtype=torch.int64)[None, :, None] * bits
+    sh = torch.where(pos + bits > 23, 16, 0)
+    p = pos - sh
+    f = ((w >> sh) | 0x4B000000) & (((2 ** bits - 1) << p) | 0x4B000000)
+    f32 = f.to(torch.int32).view(torch.float32).double()
+    return (f32 * torch.pow(2.0, -p.double()) - (torch.pow(2.0, 23 - p.double()) + 2 ** (bits - 1))).float()
+
+
 def row_scale_search(W: torch.Tensor, col_scale: torch.Tensor, bits: int, weight: torch.Tensor) -> torch.Tensor:
     """Per-row T [N] (float32): the clip factor in CLIP_FACTORS with the least `weight`-weighted squared
     error (first wins ties); rows that are all zero (on live columns) get T = 1."""

@@ -2,7 +2,7 @@
 # kernel:   watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2
 # format:   watersic   spec key: 127da52259b03e292b8cee1b54d406ac5bfe785bb7db140f636538beef2c3ef9
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 8de2b00219c4ad99
+# arch:     sm90   family: gemv   template hash: 9e7ad9904a541433
 """watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `watersic` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -64,6 +64,63 @@ BITS: tl.constexpr, FIELDS_PER_WORD: tl.constexpr, ):
 
 
 @triton.jit
+def _sic_codes_f32(words):
+    """Z as float32 [R, 8, C] of the [R, C] int32 words, 8 4-bit two's complement fields per word
+    LSB-first; exact, without an int->float convert (twin: ir.formats.watersic.codes_f32_of_words). XOR with every
+    field's sign bit makes field i u = Z + 8 in [0, 16); it stays at its bit position
+    p (after a shift right by 16 if it would reach the exponent), one LOP3 keeps it and sets the bits of 2**23
+    ((w | E) & (mask << p | E)), which reads as 2**23 + u * 2**p, and one FFMA by 2**-p minus
+    2**(23 - p) + 8 leaves Z. Padding fields (0) give Z = 0."""
+    w = (words.to(tl.uint32, bitcast=True) ^ 0x88888888)[:, None, :]
+    pos = tl.arange(0, 8)[None, :, None] * 4
+    sh = tl.where(pos + 4 > 23, 16, 0)
+    p = pos - sh
+    f = ((w >> sh) | 0x4B000000) & ((15 << p) | 0x4B000000)
+    return f.to(tl.float32, bitcast=True) * (1.0 / (1 << p).to(tl.float32)) - ((1 << (23 - p)) + 8).to(tl.float32)
+
+
+
+@triton.jit
+def decode_tile_fast(qweight_ptr, row_scale_ptr, col_scale_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, FIELDS_PER_WORD: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 8
+    rows = k0 // PER + tl.arange(0, BLOCK_K // PER)
+    if K % (4 * PER) == 0:  # K / PER words per column, a multiple of 4: 16-byte loads along a column
+        kw = tl.multiple_of(K // PER, 4)
+        words = tl.load(qweight_ptr + offs_n[None, :] * kw + rows[:, None],
+                        mask=(rows[:, None] < kw) & mask_n[None, :], other=0)
+    else:
+        kw = tl.cdiv(K, PER)
+        words = tl.load(qweight_ptr + offs_n[None, :] * kw + rows[:, None],
+                        mask=(rows[:, None] < kw) & mask_n[None, :], other=0)
+    z = tl.reshape(_sic_codes_f32(words), (BLOCK_K, BLOCK_N))
+    t = tl.load(row_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+
+    return t * z
+
+
+
+@triton.jit
+def decode_parts_fast(qweight_ptr, row_scale_ptr, col_scale_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, FIELDS_PER_WORD: tl.constexpr,                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 8
+    rows = k0 // PER + tl.arange(0, BLOCK_K // PER)
+    if K % (4 * PER) == 0:  # K / PER words per column, a multiple of 4: 16-byte loads along a column
+        kw = tl.multiple_of(K // PER, 4)
+        words = tl.load(qweight_ptr + offs_n[None, :] * kw + rows[:, None],
+                        mask=(rows[:, None] < kw) & mask_n[None, :], other=0)
+    else:
+        kw = tl.cdiv(K, PER)
+        words = tl.load(qweight_ptr + offs_n[None, :] * kw + rows[:, None],
+                        mask=(rows[:, None] < kw) & mask_n[None, :], other=0)
+    z = tl.reshape(_sic_codes_f32(words), (BLOCK_K, BLOCK_N))
+    t = tl.load(row_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
+
+    return z, t, tl.zeros((1, BLOCK_N), dtype=tl.float32)
+
+
+
+@triton.jit
 def watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2(
     x_ptr, y_ptr, bias_ptr,
     qweight_ptr,
@@ -88,15 +145,14 @@ def watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-qweight_ptr, row_scale_ptr, col_scale_ptr, offs_k, offs_n, w_mask, N, K,
-BITS, FIELDS_PER_WORD, 
+        q, s, z = decode_parts_fast(
+qweight_ptr, row_scale_ptr, col_scale_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+BITS, FIELDS_PER_WORD, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
+        xf = x.to(tl.float32)
+        acc += s * (tl.sum(xf[:, :, None] * q[None, :, :], axis=1) - z * tl.sum(xf, axis=1)[:, None])
     # epilogue
     out = acc
     if HAS_BIAS:
