@@ -63,20 +63,20 @@ def _tensors(plan: KernelPlan) -> list[dict]:
     skip = set()
     if fam in ("gptq", "eqat") and not p.get("desc_act", False):
         skip.add("g_idx")
-    out = [{"name": t.name, "dtype": t.dtype} for t in plan.tensors if t.name not in skip]
+    # float8 codes are read as their uint8 bits (templates/tvm/_actquant.jinja e4m3_f32)
+    out = [{"name": t.name, "dtype": "uint8" if t.dtype.startswith("float8") else t.dtype}
+           for t in plan.tensors if t.name not in skip]
     clash = sorted({t["name"] for t in out} & RESERVED)
     if clash:
         raise SpecError(f"format {plan.format!r}: tensor names {clash} clash with names the TVM templates use")
     return out
 
 
-SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb", "matryoshka", "ccq", "aqlm", "higgs", "watersic", "vptq", "qtip")
-# why the other families are refused. Online transforms of x / y are no reason: the launcher applies them around
-# the kernel (runtime/cubin.py run_transformed); what is missing is a TVM decode of their core matrix
-REFUSED = {
-    "w8a8": "the TVM templates have no quantized-activation (int8 x) path",
-    "prefixquant": "the TVM templates have no quantized-activation (int4 x) path",
-}
+SUPPORTED = ("gptq", "eqat", "awq", "gguf", "bnb", "matryoshka", "ccq", "aqlm", "higgs", "watersic", "vptq", "qtip",
+             "w8a8", "prefixquant")
+# activation codes the launcher can hand the kernel (runtime/cubin.py quantize_activation): int8 holds every signed
+# int code of at most 8 bits; e4m3 codes travel as their uint8 bits
+ACT_CODE_DTYPES = {"int": "int8", "fp8_e4m3": "uint8"}
 
 
 def _family(plan: KernelPlan) -> str:
@@ -87,13 +87,14 @@ def check_supported(plan: KernelPlan) -> None:
     """Refuse, at build time, what this backend does not generate yet, with the reason."""
     fam = _family(plan)
     if fam not in SUPPORTED:
-        why = REFUSED.get(fam, "no TVM decode macro is written for it")
         raise SpecError(f"the TVM backend does not cover format {plan.format!r} (family {fam!r}, decode "
-                        f"{plan.decode['kind']!r}) yet: {why}. It covers the families {list(SUPPORTED)}. "
+                        f"{plan.decode['kind']!r}) yet: no TVM decode macro is written for it. It covers the "
+                        f"families {list(SUPPORTED)}. Use --backend triton for this format.")
+    aq = plan.act_quant
+    if aq and (aq["kind"] not in ACT_CODE_DTYPES or (aq["kind"] == "int" and (aq["qmin"] < -128 or aq["qmax"] > 127))):
+        raise SpecError(f"the TVM backend passes activation codes as int8 or as e4m3 bits; format {plan.format!r} "
+                        f"quantizes x to {aq['kind']} codes in [{aq['qmin']}, {aq['qmax']}], which neither holds. "
                         f"Use --backend triton for this format.")
-    if plan.act_quant:
-        raise SpecError(f"the TVM backend has no activation quantization yet (format {plan.format!r}); "
-                        f"use --backend triton")
 
 
 # -- schedule -----------------------------------------------------------------------------------------
@@ -311,7 +312,9 @@ def module_text(src: str) -> str:
 
 # -- CPU build (tests) ----------------------------------------------------------------------------------
 def _flat(t):
-    return t.reshape(-1)
+    """A format tensor as the flat 1-D buffer the kernel reads (float8 codes as their uint8 bits)."""
+    import torch
+    return t.reshape(-1).view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t.reshape(-1)
 
 
 class CpuKernel:
@@ -336,10 +339,16 @@ class CpuKernel:
 
 
 def _transform_meta(plan: KernelPlan, sched) -> dict:
-    """The launch metadata runtime/cubin.py's transform step reads: the online transforms in spec order."""
+    """The launch metadata runtime/cubin.py's transform step reads: the online transforms in spec order, and for
+    formats that quantize activations how the launcher turns x into the kernel's codes (act_quant: null if none)."""
+    aq = plan.act_quant
     return {"input_transforms": [dict(t) for t in plan.input_transforms],
             "output_transforms": [dict(t) for t in plan.output_transforms],
-            "zero_init_y": sched.SPLIT > 1}
+            "zero_init_y": sched.SPLIT > 1,
+            "act_quant": aq and {"kind": aq["kind"], "tensor": aq["tensor"], "qmin": aq["qmin"], "qmax": aq["qmax"],
+                                 "codes": ACT_CODE_DTYPES[aq["kind"]], "row_scale": plan.row_scale,
+                                 "accumulate": "float32 sums of exact code products (equal to int32 sums while "
+                                               "|partial sums| < 2**24); mma operands float16"}}
 
 
 def dequant_cpu(plan: KernelPlan, tensors: dict, N: int, K: int):

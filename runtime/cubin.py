@@ -17,6 +17,11 @@ Transform dicts in spec order) get them around the kernel exactly as the Triton 
 Walsh-Hadamard butterfly in fp32, back to x's dtype; permutation: x[:, idx], int16 indices read as uint16;
 signs / col_scale: an fp32 multiply, back to x's dtype), on y after it (hadamard; else an fp32 multiply),
 and then the bias, which the kernel does not add when there are output transforms.
+
+Formats that quantize activations (launch metadata `act_quant`) get x quantized here, after the input
+transforms, exactly as ir.actquant.quantize_codes does (IEEE x / act_scale in fp32; int: round half to even and
+clamp, as int8; fp8: clamp to +-448 and round to e4m3, passed as its uint8 bits); the kernel reads the codes and
+scales its sums by act_scale * row scale.
 """
 from __future__ import annotations
 
@@ -71,12 +76,23 @@ def transform_output(transforms: list, y: torch.Tensor, tensors: dict) -> torch.
     return y
 
 
+def quantize_activation(aq: dict, x2: torch.Tensor, tensors: dict) -> torch.Tensor:
+    """x2 (M, K) -> the static activation codes the kernel reads (launch metadata act_quant), contiguous."""
+    v = x2.float() / tensors[aq["tensor"]].float().reshape(-1)[0]
+    if aq["kind"] == "int":
+        return torch.round(v).clamp(aq["qmin"], aq["qmax"]).to(torch.int8)
+    return v.clamp(aq["qmin"], aq["qmax"]).to(torch.float8_e4m3fn).view(torch.uint8)
+
+
 def run_transformed(meta: dict, x, tensors: dict, N: int, bias, out, launch):
-    """y = T_out(kernel(T_in(x))) (+ bias): the transforms, y's allocation and the bias placement around
-    `launch(x2, y, has_bias)`, which runs the kernel on the contiguous (M, K) x2 into the (M, N) y."""
+    """y = T_out(kernel(Q(T_in(x)))) (+ bias): the transforms, the activation quantization Q (if any), y's
+    allocation and the bias placement around `launch(x2, y, has_bias)`, which runs the kernel on the contiguous
+    (M, K) x2 (x's dtype, or the activation codes) into the (M, N) y."""
     before, after = meta.get("input_transforms", []), meta.get("output_transforms", [])
     K = x.shape[-1]
     x2 = transform_input(before, x.reshape(-1, K), tensors)
+    if meta.get("act_quant"):
+        x2 = quantize_activation(meta["act_quant"], x2, tensors)
     M = x2.shape[0]
     if meta["zero_init_y"]:
         y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
