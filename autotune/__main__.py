@@ -4,6 +4,8 @@
   show    print a tuning database (this GPU's; with --gpu another's; without CUDA every file)
   check   verify (and on a GPU time) one config: the repro command failures are logged with
   space   count the legal and pruned candidates of one problem, with the pruning reasons (CPU is fine)
+  tvm-build  build TVM candidate kernels on a machine with TVM + nvcc for `sweep --backend tvm
+          --tvm-candidates DIR` on the GPU machine (autotune/tvm_candidates.py)
 
 A format is NAME or NAME:OPT=VALUE,OPT=VALUE (e.g. gptq:bits=3,group_size=64)."""
 from __future__ import annotations
@@ -100,6 +102,9 @@ def stale_cases(path: Path, header: dict, out=print) -> tuple[list, dict]:
 
 
 def cmd_sweep(args) -> int:
+    if args.backend == "tvm":   # prebuilt candidates: autotune/tvm_candidates.py
+        from .tvm_candidates import cmd_sweep as sweep_tvm
+        return sweep_tvm(args)
     if not torch.cuda.is_available():
         print("autotune sweep needs a CUDA GPU: it times kernels, and the CPU interpreter has no meaningful "
               "speed. On a CPU, `python -m autotune show` prints databases and `python -m autotune check` "
@@ -239,6 +244,8 @@ def main(argv=None) -> int:
     s.add_argument("--shapes", nargs="+", type=_shape, metavar="N,K")
     s.add_argument("--batches", nargs="+", type=int, metavar="M", help="M values; each is tuned at its M bucket")
     s.add_argument("--backend", default="triton", choices=("triton", "tvm", "all"))
+    s.add_argument("--tvm-candidates", default=None, metavar="DIR",
+                   help="with --backend tvm: the folder `python -m autotune tvm-build` wrote")
     s.add_argument("--budget-s", type=float, default=15.0, help="seconds per (format, shape, M bucket) case")
     s.add_argument("--max-candidates", type=int, default=None, help="stop a case after this many candidates")
     s.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 4), help="parallel compiles")
@@ -269,6 +276,8 @@ def main(argv=None) -> int:
     s.add_argument("--backend", default="triton")
     s.add_argument("--arch", default="sm90", choices=sorted(ARCHES))
     s.set_defaults(fn=cmd_space)
+    from .tvm_candidates import add_build_command
+    add_build_command(sub, _shape)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:

@@ -14,7 +14,12 @@ another driver/CUDA/torch/triton/quantcc version is a soft mismatch (entries are
 re-tuned). Each entry carries the source hash of the exact kernel it timed (codegen.triton_backend.
 tuned_kernel_hash: the rendered code for that spec, shape, M bucket, config and arch, header comments
 excluded); at lookup the kernel is rendered again and an entry whose kernel differs, or that has no hash,
-is ignored. So a template edit invalidates exactly the entries whose kernels it changes, and no other."""
+is ignored. So a template edit invalidates exactly the entries whose kernels it changes, and no other.
+
+Backend "tvm" entries (autotune/tvm_candidates.py) have the same schema; their "kernel_hash" is the timed
+artifact's (runtime.tvm_artifacts.kernel_hash: its cubin and launch metadata) and "artifact" names it. They
+are matched against the registered artifacts, not re-rendered (`lookup_tvm`; the decision is
+runtime.tvm_artifacts.choose)."""
 from __future__ import annotations
 
 import functools
@@ -127,6 +132,41 @@ def lookup_config(spec: FormatSpec, N: int, K: int, M: int, header: dict, backen
             log.warning("quantcc: %s", note)
         return None
     return Lookup(cfg, "db-stale" if stale else "db", note)
+
+
+@dataclass(frozen=True)
+class TvmTuned:
+    """A backend-"tvm" entry for a call's bucket: the hash of the artifact it timed, its time, and the time of
+    the same bucket's Triton entry when that one is valid (None otherwise)."""
+
+    kernel_hash: str
+    us: float
+    triton_us: float | None
+    stale: bool
+
+    @property
+    def beats_triton(self) -> bool:
+        return self.triton_us is not None and self.us < self.triton_us
+
+
+def lookup_tvm(spec: FormatSpec, N: int, K: int, M: int, header: dict, db_dir: Path | None = None) -> TvmTuned | None:
+    """The TVM entry for (spec, N, K, bucket(M)) in this GPU's database (None when there is none or it is
+    malformed), with the Triton entry's time when `lookup_config` accepts that entry."""
+    db = str(db_dir or DB_DIR)
+    entries, stale, _ = _load_for(header.get("gpu", ""), json.dumps(header, sort_keys=True), db)
+    bucket = m_bucket(M)
+    e = entries.get(entry_key(spec.key, "tvm", N, K, bucket))
+    try:
+        digest, us = str(e["kernel_hash"]), float(e["us"])
+    except (TypeError, KeyError, ValueError):
+        return None
+    triton_us = None
+    if lookup_config(spec, N, K, M, header, "triton", Path(db)) is not None:
+        try:
+            triton_us = float(entries[entry_key(spec.key, "triton", N, K, bucket)]["us"])
+        except (KeyError, TypeError, ValueError):
+            triton_us = None
+    return TvmTuned(digest, us, triton_us, stale)
 
 
 def entry_matches_kernel(entry: dict, spec: FormatSpec, bucket: int, N: int, K: int, cfg: KernelConfig,

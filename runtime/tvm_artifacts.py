@@ -11,21 +11,32 @@ for. A case serves the calls in its M bucket (runtime.tuning.m_bucket): the kern
 config was chosen for that M. Lookup order: the registered folders in registration order, then the
 knob's folders; the first kernel for (spec key, N, K, M bucket) wins, and within a folder a case whose M is
 the bucket itself wins over one that only falls in it. Re-registering a folder re-reads its manifest.
+
+Measured choice (`choose`, what the runtime's dispatch calls): every registered kernel has a kernel hash
+(`kernel_hash`: sha256 of its cubin and of the launch metadata that changes what it computes), and the
+tuning database's backend-"tvm" entries (written by `python -m autotune sweep --backend tvm`,
+autotune/tvm_candidates.py) record the hash of the artifact they timed. Backend "auto" runs a TVM kernel
+only when this GPU's database has a TVM entry for the call's (format, N, K, M bucket), a registered kernel
+has that entry's hash, and the entry beat the valid Triton entry of the same bucket; without those
+measurements "auto" means Triton. Backend "tvm" runs the tuned kernel when it is registered, else the first
+registered one (the order above). A TVM entry whose hash no registered kernel has is ignored (the folder was
+rebuilt, or is another build).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ir import SpecError
+from ir import FormatSpec, SpecError
 
 from .cubin import CubinKernel
 from .envknobs import tvm_artifacts
-from .tuning import m_bucket
+from .tuning import lookup_tvm, m_bucket
 
 
 class TvmArtifactError(ValueError):
@@ -41,6 +52,21 @@ class TvmKernel:
     arch: str
     format: str
     case_m: int
+    kernel_hash: str = ""
+
+
+# the launch metadata that changes what a cubin computes (with the cubin's bytes: the kernel hash)
+HASHED_LAUNCH_KEYS = ("symbols", "params", "grid", "block", "dynamic_shared_bytes", "zero_init_y",
+                      "input_transforms", "output_transforms", "x_dtypes")
+
+
+def kernel_hash(folder: str | Path, kernel: dict) -> str:
+    """sha256 of a manifest kernel's cubin bytes and its HASHED_LAUNCH_KEYS: what a tuning entry for a TVM
+    kernel records, and what identifies a registered kernel as the one that was timed."""
+    h = hashlib.sha256((Path(folder) / str(kernel["files"]["cubin"])).read_bytes())
+    launch = kernel["launch"]
+    h.update(json.dumps({k: launch.get(k) for k in HASHED_LAUNCH_KEYS}, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 _LAUNCH_KEYS = ("symbols", "params", "grid", "block", "x_dtypes", "tensor_schema", "shape_params")
@@ -83,10 +109,11 @@ def read_folder(folder: str | Path) -> dict[tuple, list[TvmKernel]]:
         cubin = folder / str(files.get("cubin"))
         if not cubin.is_file():
             raise TvmArtifactError(f"{path}: TVM kernel {name!r} names {cubin.name}, which is not in the folder")
+        digest = kernel_hash(folder, k)
         for case in cases:
             if not isinstance(case, dict) or not all(isinstance(case.get(d), int) and case[d] > 0 for d in "MNK"):
                 raise TvmArtifactError(f"{path}: TVM kernel {name!r} has a malformed case {case!r}")
-            entry = TvmKernel(folder, name, manifest["arch"], fmt, case["M"])
+            entry = TvmKernel(folder, name, manifest["arch"], fmt, case["M"], digest)
             table.setdefault((manifest["spec_key"], case["N"], case["K"], m_bucket(case["M"])), []).append(entry)
     if not table:
         raise TvmArtifactError(f"{path} holds no TVM kernels (was it built with --backend triton?); {_build_hint(folder)}")
@@ -163,6 +190,55 @@ def select(spec_key: str, N: int, K: int, bucket: int, arch: str) -> TvmKernel |
             if e.arch == arch:
                 return e
     return None
+
+
+def _registered(spec_key: str, N: int, K: int, bucket: int, arch: str) -> list[TvmKernel]:
+    return [e for _, table in _tables() for e in table.get((spec_key, N, K, bucket), ()) if e.arch == arch]
+
+
+@dataclass(frozen=True)
+class TvmChoice:
+    """What `choose` decided: the kernel to run (None: Triton runs) and, when it matters, a note to log once
+    under `note_key`."""
+
+    kernel: TvmKernel | None
+    note: str = ""
+    note_key: tuple = ()
+
+
+def choose(spec: FormatSpec, N: int, K: int, bucket: int, arch: str, backend: str, header: dict,
+           db_dir: Path | None = None) -> TvmChoice:
+    """The TVM kernel a call with backend "auto" or "tvm" runs, decided as the module docstring says (header:
+    this GPU's runtime.device.machine_header, for the tuning database). Raises TvmArtifactError when folders
+    have kernels for (spec, N, K) but none for `arch`."""
+    have = buckets_for(spec.key, N, K)
+    select(spec.key, N, K, bucket, arch)   # refuses another arch's artifacts
+    kernels = _registered(spec.key, N, K, bucket, arch)
+    if not kernels:
+        if have:
+            return TvmChoice(None, f"no TVM kernel for {spec.name} N={N} K={K} at M bucket {bucket} (registered "
+                                   f"for M buckets {have[arch]}); using Triton. Build it with `python -m codegen "
+                                   f"build {spec.name} --backend tvm --shapes {N},{K} --batches {bucket}`.",
+                             ("tvm-bucket", spec.key, N, K, bucket))
+        if backend == "tvm":
+            return TvmChoice(None, f"backend 'tvm': no TVM artifact registered for {spec.name} N={N} K={K} "
+                                   f"(runtime.use_tvm_artifacts / QUANTCC_TVM_ARTIFACTS); using Triton",
+                             ("tvm-none", spec.key, N, K))
+        return TvmChoice(None)
+    tuned = lookup_tvm(spec, N, K, bucket, header, db_dir)
+    timed = next((e for e in kernels if tuned is not None and e.kernel_hash == tuned.kernel_hash), None)
+    if backend == "tvm":
+        return TvmChoice(timed or kernels[0])
+    why = ("no tuning entry for backend tvm" if tuned is None else
+           f"the tuned TVM kernel (hash {tuned.kernel_hash[:12]}) is not among the registered ones, whose "
+           f"hashes differ" if timed is None else
+           "no valid Triton entry to compare with" if tuned.triton_us is None else
+           f"Triton is faster ({tuned.triton_us:.2f} us vs TVM {tuned.us:.2f} us)" if not tuned.beats_triton else "")
+    if not why:
+        return TvmChoice(timed)
+    return TvmChoice(None, f"backend 'auto': TVM kernels are registered for {spec.name} N={N} K={K} M bucket "
+                           f"{bucket} but {why}; using Triton (`python -m autotune sweep --backend tvm "
+                           f"--tvm-candidates DIR` measures them)", ("tvm-auto", spec.key, N, K, bucket))
 
 
 @functools.lru_cache(maxsize=None)
