@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import ir
+from codegen.plan import lower
+from codegen.triton_backend import render_triton
 from ir.synthetic import synthetic_quantized
 from kernel_harness import REL_TOL, check_kernel, kernel_module, small_problem
 
@@ -138,3 +140,41 @@ def test_higgs_kernel_reads_the_stored_grid(gen):
     assert ((W_other + 1.5 * W).norm() / W.norm()).item() < 2e-3   # fp16 roundings of the grid and products
     err = check_kernel(_module(other, 1), other, 1, torch.float16, gen, device=DEVICE)
     assert err < REL_TOL[torch.float16], f"rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTERED if ir.get_format(n).family in ("vptq", "aqlm")])
+def test_presets_render_the_fast_decode(name):
+    """The registered AQLM / VPTQ presets use decode_tile_fast (one code and one contiguous codebook gather
+    per vector), so the kernel tests above exercise it."""
+    spec = ir.get_format(name)
+    N, K, gemv, _ = small_problem(spec)
+    src = render_triton(lower(spec, 1, N, K, gemv, "sm90", family="gemv"))
+    assert "w = decode_tile_fast(" in src
+
+
+@pytest.mark.parametrize("name,opts,block_n", [
+    ("vptq", dict(vector_len=16, num_centroids=256, num_res_centroids=16), 8),       # a tile cuts a vector
+    ("aqlm", dict(num_codebooks=2, nbits=8, out_group_size=32), 16),                 # a tile cuts an output group
+])
+def test_fast_decode_falls_back_when_a_tile_cuts_a_vector(name, opts, block_n, gen):
+    qt = _quantized(name, opts, None, gen)
+    N, K = qt.shape
+    cfg = ir.KernelConfig(block_m=1, block_n=block_n, block_k=32, split_k=2, num_warps=4, num_stages=1)
+    mod = kernel_module(qt.spec, "gemv", 1, N, K, cfg)
+    err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE)
+    assert err < REL_TOL[torch.float16], f"{name} {opts} block_n={block_n}: rel err {err:.2e}"
+
+
+def test_fp16_sum_through_fp32_is_the_rounded_fp16_sum(gen):
+    """The AQLM fast path adds two books in fp16: fp16(fp32(a) + fp32(b)) equals the correctly rounded fp16
+    sum (fp32 keeps 24 >= 2 * 11 + 2 bits, so rounding twice is exact). Checked against a single rounding of
+    the exact float64 sum on every fp16 value a against random and adversarial b."""
+    a = torch.arange(-(2 ** 15), 2 ** 15, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    a = a[torch.isfinite(a)]
+    special = torch.tensor([0.0, 2.0 ** -24, -(2.0 ** -24), 1.0, -1.0, 65504.0, 2.0 ** -14, 1.0 + 2.0 ** -10,
+                            3 * 2.0 ** -12], dtype=torch.float16)
+    rand = (torch.randn(48, generator=gen) * torch.logspace(-6, 4, 48)).half()
+    for b in torch.cat([special, rand]):
+        via32 = (a.float() + b.float()).half()
+        exact = (a.double() + b.double()).half()
+        assert torch.equal(via32.view(torch.int16), exact.view(torch.int16)), float(b)

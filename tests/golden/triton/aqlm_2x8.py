@@ -2,7 +2,7 @@
 # kernel:   aqlm_2x8_0935c7b2_sm90_gemv_m1n64k128s1w4p2
 # format:   aqlm_2x8   spec key: 0935c7b27e5fa5034c9cf969f4f132a1aaf80748c79f97305ebf29e43eb0cd51
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 44f0146be72d4be2
+# arch:     sm90   family: gemv   template hash: 72dc6879a4cb2f69
 """aqlm_2x8_0935c7b2_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `aqlm_2x8` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -52,6 +52,39 @@ IN_GROUP_SIZE: tl.constexpr, NBITS: tl.constexpr, NUM_CODEBOOKS: tl.constexpr, O
 
 
 @triton.jit
+def decode_tile_fast(codebooks_ptr, codes_ptr, scales_ptr, k0, offs_n, mask_n, N, K,
+IN_GROUP_SIZE: tl.constexpr, NBITS: tl.constexpr, NUM_CODEBOOKS: tl.constexpr, OUT_GROUP_SIZE: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    if (BLOCK_K % IN_GROUP_SIZE != 0) or (BLOCK_N % OUT_GROUP_SIZE != 0):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        return decode_tile(codebooks_ptr, codes_ptr, scales_ptr, offs_k, offs_n,
+                           (offs_k < K)[:, None] & mask_n[None, :], N, K,
+IN_GROUP_SIZE, NBITS, NUM_CODEBOOKS, OUT_GROUP_SIZE, )
+    KB: tl.constexpr = BLOCK_K // IN_GROUP_SIZE
+    NB: tl.constexpr = BLOCK_N // OUT_GROUP_SIZE
+    IG: tl.constexpr = IN_GROUP_SIZE
+    OG: tl.constexpr = OUT_GROUP_SIZE
+    # output-group rows of this tile (offs_n is a contiguous run starting at a multiple of OG)
+    nb = tl.min(tl.reshape(offs_n, (NB, OG)), axis=1) // OG
+    kb = k0 // IG + tl.arange(0, KB)
+    nb4 = nb[None, None, :, None]
+    kb4 = kb[:, None, None, None]
+    ok = (kb4 < K // IG) & (nb4 < N // OG)
+    blk = (nb4 * (K // IG) + kb4) * NUM_CODEBOOKS
+    inner = tl.arange(0, OG)[None, None, None, :] * IG + tl.arange(0, IG)[None, :, None, None]
+    for m in tl.static_range(NUM_CODEBOOKS):
+        code = tl.load(codes_ptr + blk + m, mask=ok, other=0).to(tl.int32) & ((1 << NBITS) - 1)
+        entry = tl.load(codebooks_ptr + (m * (1 << NBITS) + code) * (OG * IG) + inner)
+        if m == 0:
+            w = entry
+        else:
+            w = w + entry
+    w = tl.reshape(w, (BLOCK_K, BLOCK_N))
+    s = tl.load(scales_ptr + offs_n // OG, mask=mask_n, other=0.0)
+    return (w * s[None, :]).to(tl.float32)
+
+
+
+@triton.jit
 def aqlm_2x8_0935c7b2_sm90_gemv_m1n64k128s1w4p2(
     x_ptr, y_ptr, bias_ptr,
     codebooks_ptr,
@@ -78,12 +111,10 @@ def aqlm_2x8_0935c7b2_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-codebooks_ptr, codes_ptr, scales_ptr, offs_k, offs_n, w_mask, N, K,
-IN_GROUP_SIZE, NBITS, NUM_CODEBOOKS, OUT_GROUP_SIZE, 
+        w = decode_tile_fast(
+codebooks_ptr, codes_ptr, scales_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+IN_GROUP_SIZE, NBITS, NUM_CODEBOOKS, OUT_GROUP_SIZE, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)

@@ -2,7 +2,7 @@
 # kernel:   vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v8_k65536_256   spec key: b6891de46598baf76f4918c54a5bd30009a14a08ecc9a91ab4f0a413ea8a8ff2
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 3c59457a2a0765b1
+# arch:     sm90   family: gemv   template hash: aab1054b4c40750e
 """vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v8_k65536_256` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -50,9 +50,12 @@ def _stream_field(row_ptr, idx, mask, BITS: tl.constexpr):
     word = bit // 32
     shift = (bit % 32).to(tl.uint32)
     lo = tl.load(row_ptr + word, mask=mask, other=0).to(tl.uint32, bitcast=True)
-    spill = (shift + BITS) > 32
-    hi = tl.load(row_ptr + word + 1, mask=mask & spill, other=0).to(tl.uint32, bitcast=True)
-    v = (lo >> shift) | tl.where(spill, hi << ((32 - shift) % 32), 0)
+    if 32 % BITS == 0:  # fields never straddle words: no second load
+        v = lo >> shift
+    else:
+        spill = (shift + BITS) > 32
+        hi = tl.load(row_ptr + word + 1, mask=mask & spill, other=0).to(tl.uint32, bitcast=True)
+        v = (lo >> shift) | tl.where(spill, hi << ((32 - shift) % 32), 0)
     if BITS < 32:
         v = v & ((1 << BITS) - 1)
     return v
@@ -80,6 +83,38 @@ GROUP_SIZE: tl.constexpr, INDEX_BITS: tl.constexpr, NORM: tl.constexpr, NUM_CENT
     src = tl.load(perm_ptr + offs_k, mask=mask_k, other=0).to(tl.int32) & 0xFFFF
     v = v * tl.load(weight_scale_ptr + src, mask=mask_k, other=0.0)[:, None]
     v = v + tl.load(weight_bias_ptr + src, mask=mask_k, other=0.0)[:, None]
+    return v.to(tl.float32)
+
+
+
+@triton.jit
+def decode_tile_fast(centroids_ptr, indices_ptr, res_centroids_ptr, perm_ptr, weight_scale_ptr, weight_bias_ptr, k0, offs_n, mask_n, N, K,
+GROUP_SIZE: tl.constexpr, INDEX_BITS: tl.constexpr, NORM: tl.constexpr, NUM_CENTROIDS: tl.constexpr, NUM_OUTLIER_CENTROIDS: tl.constexpr, NUM_RES_CENTROIDS: tl.constexpr, OUTLIER_SIZE: tl.constexpr, OUTLIER_VECTOR_LEN: tl.constexpr, PACKED: tl.constexpr, PERM: tl.constexpr, RES_BITS: tl.constexpr, VECTOR_LEN: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    if BLOCK_N % VECTOR_LEN != 0:
+        return decode_tile(centroids_ptr, indices_ptr, res_centroids_ptr, perm_ptr, weight_scale_ptr, weight_bias_ptr, offs_k, offs_n,
+                           (offs_k < K)[:, None] & mask_n[None, :], N, K,
+GROUP_SIZE, INDEX_BITS, NORM, NUM_CENTROIDS, NUM_OUTLIER_CENTROIDS, NUM_RES_CENTROIDS, OUTLIER_SIZE, OUTLIER_VECTOR_LEN, PACKED, PERM, RES_BITS, VECTOR_LEN, )
+    VPT: tl.constexpr = BLOCK_N // VECTOR_LEN
+    G = K
+    ROWS = tl.cdiv(N, VECTOR_LEN)
+    # vector rows of this tile: the first n of each run of VECTOR_LEN columns (offs_n is a contiguous run)
+    vrow = tl.min(tl.reshape(offs_n, (VPT, VECTOR_LEN)), axis=1) // VECTOR_LEN
+    c = offs_k[:, None]                                  # [BLOCK_K, 1]
+    g = tl.minimum(c, K - 1) // G                        # rows past K stay inside the last group's book
+    row = g * ROWS + vrow[None, :]                       # [BLOCK_K, VPT]
+    ok = (c < K) & (vrow[None, :] < ROWS)
+    merged = _stream_field(indices_ptr + row * tl.cdiv(G * 24, 32), c % G, ok, 24)
+    idx = (merged & 65535).to(tl.int32)
+    ridx = (merged >> INDEX_BITS).to(tl.int32)
+    e = tl.arange(0, VECTOR_LEN)[None, None, :]
+    g3 = g[:, :, None]
+    v = tl.load(centroids_ptr + (g3 * NUM_CENTROIDS + idx[:, :, None]) * VECTOR_LEN + e)
+    v = v + tl.load(res_centroids_ptr + (g3 * NUM_RES_CENTROIDS + ridx[:, :, None]) * VECTOR_LEN + e)
+    v = tl.reshape(v, (BLOCK_K, BLOCK_N))
+    src = tl.load(perm_ptr + offs_k, mask=offs_k < K, other=0).to(tl.int32) & 0xFFFF
+    v = v * tl.load(weight_scale_ptr + src, mask=offs_k < K, other=0.0)[:, None]
+    v = v + tl.load(weight_bias_ptr + src, mask=offs_k < K, other=0.0)[:, None]
     return v.to(tl.float32)
 
 
@@ -122,12 +157,10 @@ def vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-centroids_ptr, indices_ptr, res_centroids_ptr, perm_ptr, weight_scale_ptr, weight_bias_ptr, offs_k, offs_n, w_mask, N, K,
-GROUP_SIZE, INDEX_BITS, NORM, NUM_CENTROIDS, NUM_OUTLIER_CENTROIDS, NUM_RES_CENTROIDS, OUTLIER_SIZE, OUTLIER_VECTOR_LEN, PACKED, PERM, RES_BITS, VECTOR_LEN, 
+        w = decode_tile_fast(
+centroids_ptr, indices_ptr, res_centroids_ptr, perm_ptr, weight_scale_ptr, weight_bias_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+GROUP_SIZE, INDEX_BITS, NORM, NUM_CENTROIDS, NUM_OUTLIER_CENTROIDS, NUM_RES_CENTROIDS, OUTLIER_SIZE, OUTLIER_VECTOR_LEN, PACKED, PERM, RES_BITS, VECTOR_LEN, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
