@@ -2,7 +2,7 @@
 # kernel:   bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_fp4   spec key: de67cf8c1d6d2818fda33a5396db04ff5cc443d76fbe3389dbad9662d4900246
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 6f14cb06d3ac1f65
+# arch:     sm90   family: gemv   template hash: 5e3c2de77f8545ff
 """bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_fp4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -49,25 +49,36 @@ BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, NESTED_BLOCKSIZE: tl.conste
 
 
 @triton.jit
-def _bnb_codes(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_K, BLOCK_N] int32 codes of the tile at k0 (element [i, j] is W's code at (offs_n[j], k0 + i)).
-    Word w of column n holds k = 8w..8w+7; its byte j holds elements 2j (high nibble) and 2j+1, so element r
-    of a word sits at bit (4r) ^ 4 (twin: ir.formats.bnb.unpack_words_hi_first). K % 32 == 0 (k_multiple),
-    so every column starts 16-byte aligned."""
+def _bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.constexpr):
+    """int32 words [BLOCK_K / 8, BLOCK_N] of the tile at k0 (word w of column n holds k = 8w..8w+7). K % 32 == 0
+    (k_multiple), so every column starts 16-byte aligned and a row is masked by its 4-word (32-element) group:
+    the mask is constant over each 16-byte vector (a per-word mask split the loads into 8-byte ones)."""
     words_ptr = weight_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
-    kw = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    r = tl.arange(0, BLOCK_K // 8)
     row = tl.multiple_of(offs_n.to(tl.int64) * (K // 8), 4)
-    words = tl.load(words_ptr + row[None, :] + kw[:, None], mask=(kw[:, None] < K // 8) & mask_n[None, :], other=0)
-    shifts = (tl.arange(0, 8) * 4) ^ 4
-    return tl.reshape((words[:, None, :] >> shifts[None, :, None]) & 0xF, (BLOCK_K, BLOCK_N))
+    inside = (k0 + 32 * (r // 4)) < K  # k0 % min(BLOCK_K, 32) == 0: each 32-element group is in or out whole
+    return tl.load(words_ptr + row[None, :] + (k0 // 8 + r)[:, None], mask=inside[:, None] & mask_n[None, :], other=0)
 
 
 @triton.jit
-def _lut16(table_ptr, q, BLOCK_N: tl.constexpr):
-    """table[q] for int32 codes q [BLOCK_K, BLOCK_N] in [0, 16): the 16 values are loaded once as a vector and
-    selected by tl.gather (twin: ir.formats.bnb.lut_block_dequantize's table[codes])."""
-    table = tl.broadcast_to(tl.load(table_ptr + tl.arange(0, 16))[:, None], (16, BLOCK_N))
-    return tl.gather(table, q, 0)
+def part_field(q, j: tl.constexpr):
+    """table[code] (fp32) of element j of each word, q = (words, the 64-byte-aligned table's address as int64).
+    Byte b of a word holds elements 2b (high nibble) and 2b + 1, so element j sits at bit (4j) ^ 4 (twin:
+    ir.formats.bnb.unpack_words_hi_first; the byte offset 4 * code is cut directly)."""
+    words, table = q
+    off = (words >> (((4 * j) ^ 4) - 2)) & 0x3C if j != 1 else (words << 2) & 0x3C
+    return tl.load((table | off.to(tl.int64)).to(tl.pointer_type(tl.float32), bitcast=True))
+
+
+@triton.jit
+def _bnb_values(weight_ptr, quant_map_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """table[code] [BLOCK_K, BLOCK_N] of the tile at k0 (element [i, j] is at (offs_n[j], k0 + i)); the 8 fields
+    are looked up on word-shaped tiles, then interleaved (nested joins stack new dims innermost first, so the
+    pairs are (j, j + 4), then (j, j + 2), then (j, j + 1))."""
+    q = (_bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K), quant_map_ptr.to(tl.int64, bitcast=True))
+    v = tl.join(tl.join(tl.join(part_field(q, 0), part_field(q, 4)), tl.join(part_field(q, 2), part_field(q, 6))),
+                tl.join(tl.join(part_field(q, 1), part_field(q, 5)), tl.join(part_field(q, 3), part_field(q, 7))))
+    return tl.reshape(tl.permute(tl.reshape(v, (BLOCK_K // 8, BLOCK_N, 8)), (0, 2, 1)), (BLOCK_K, BLOCK_N))
 
 
 @triton.jit
@@ -82,7 +93,7 @@ def _bnb_absmax(weight_ptr, absmax_ptr, quant_map_ptr, nested_absmax_ptr, nested
 @triton.jit
 def decode_tile_fast(weight_ptr, absmax_ptr, quant_map_ptr, nested_absmax_ptr, nested_quant_map_ptr, nested_offset_ptr, k0, offs_n, mask_n, N, K,
 BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, NESTED_BLOCKSIZE: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    vals = _lut16(quant_map_ptr, _bnb_codes(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K, BLOCK_N), BLOCK_N)
+    vals = _bnb_values(weight_ptr, quant_map_ptr, k0, offs_n, mask_n, K, BLOCK_K, BLOCK_N)
     if BLOCK_K <= BLOCKSIZE:  # one absmax block per column: a [BLOCK_N] vector
         blk = (offs_n.to(tl.int64) * K + k0) // BLOCKSIZE
         absmax = _bnb_absmax(weight_ptr, absmax_ptr, quant_map_ptr, nested_absmax_ptr, nested_quant_map_ptr, nested_offset_ptr, blk, mask_n & (k0 < K))[None, :]
@@ -97,7 +108,7 @@ BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, NESTED_BLOCKSIZE: tl.conste
 
 @triton.jit
 def bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2(
-    x_ptr, y_ptr, bias_ptr,
+    x_ptr, y_ptr, bias_ptr, ws_ptr, tickets_ptr,
     weight_ptr,
     absmax_ptr,
     quant_map_ptr,
@@ -105,7 +116,7 @@ def bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2(
     nested_quant_map_ptr,
     nested_offset_ptr,
     M, N, K, K_ITERS, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, INTERPRET_BF16_WORKAROUND: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCKSIZE: tl.constexpr,
     DOUBLE_QUANT: tl.constexpr,
     NESTED_BLOCKSIZE: tl.constexpr,
@@ -133,15 +144,28 @@ BLOCKSIZE, DOUBLE_QUANT, NESTED_BLOCKSIZE, BLOCK_K, BLOCK_N,
         acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
     # epilogue
     out = acc
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     y_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(y_ptrs, out, mask=y_mask)
+        # split-K in one launch: each program parks its fp32 partial in the workspace, then takes a ticket for its
+        # output tile; the last of the tile's SPLIT_K programs sums the partials in pid_k order (deterministic),
+        # adds the bias, stores y in its dtype and re-arms the ticket for the next launch (tickets start at 0)
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k * M * N, out, mask=y_mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket releases it (CTA barrier + gpu release)
+        tile = pid_m * tl.num_programs(0) + pid_n
+        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for part in range(0, SPLIT_K):
+                total += tl.load(ws_tile + part * M * N, mask=y_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
+            tl.atomic_xchg(tickets_ptr + tile, 0, sem="relaxed", scope="gpu")
 
 
 _SCHEMA_PARAMS = {'blocksize': 64, 'double_quant': True, 'nested_blocksize': 256}
@@ -180,12 +204,30 @@ def _check(x, tensors, N, bias, out):
         raise ValueError(f"{KERNEL_NAME}: out must be a contiguous {x.dtype} tensor of shape {(*x.shape[:-1], N)}")
 
 
+_TICKETS = {}
+
+
+def _tickets(device, n):
+    """Split-K tile tickets: int32 zeros that every launch leaves at zero again. One buffer per (device,
+    stream), so launches that may run concurrently never share one; inside CUDA-graph capture a fresh buffer
+    (zeroed by a memset node of the graph) so no captured graph holds on to a shared one."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.zeros(n, device=device, dtype=torch.int32)
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    buf = _TICKETS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = _TICKETS[key] = torch.zeros(max(n, 1024), device=device, dtype=torch.int32)
+    return buf
+
+
 def run(x, tensors, N, bias=None, out=None):
     """y = x @ W^T (+ bias) with W stored in `bnb_fp4`'s canonical layout; see the module docstring."""
     _check(x, tensors, N, bias, out)
     t = dict(tensors)
     if t["weight"].data_ptr() % 16:  # the kernel reads the packed bytes as 16-byte-aligned int32 words
         t["weight"] = t["weight"].clone()
+    if t["quant_map"].data_ptr() % 64:  # part_field ORs the code's byte offset into the table's address
+        t["quant_map"] = t["quant_map"].clone()
 
     K = x.shape[-1]
     lead = x.shape[:-1]
@@ -194,19 +236,22 @@ def run(x, tensors, N, bias=None, out=None):
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False
-    if split_k > 1:
-        y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
-    elif out is not None and not y_out_of_place:
+    if out is not None and not y_out_of_place:
         y = out.view(M, N)
-    else:
-        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    else:  # output transforms act on the split-K sum in fp32 (as the TVM launcher does), else on y in x's dtype
+        y = torch.empty((M, N), device=x.device, dtype=torch.float32 if y_out_of_place and split_k > 1 else x.dtype)
     dummy = x2
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
+    if split_k > 1:
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+        tickets = _tickets(x.device, grid[0] * grid[2])
+    else:
+        ws = tickets = dummy
     bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2[grid](
-        x2, y, bias if bias is not None else dummy,
+        x2, y, bias if bias is not None else dummy, ws, tickets,
 t.get('weight', dummy), t.get('absmax', dummy), t.get('quant_map', dummy), t.get('nested_absmax', dummy), t.get('nested_quant_map', dummy), t.get('nested_offset', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRETED=_INTERPRETED,
 BLOCKSIZE=BLOCKSIZE, DOUBLE_QUANT=DOUBLE_QUANT, NESTED_BLOCKSIZE=NESTED_BLOCKSIZE, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],
