@@ -11,7 +11,10 @@ Dispatch, per call (the decision is cached per (format, N, K, M bucket, device, 
   (runtime/tvm_artifacts.py: `use_tvm_artifacts`, QUANTCC_TVM_ARTIFACTS): that cubin, launched through
   runtime/cubin.py on torch's current stream. Kernels for (format, N, K) built for another arch only are
   refused (TvmArtifactError); a missing M bucket, or backend "tvm" with no kernel for (format, N, K), falls
-  back to Triton and says so once. "auto" (the default) prefers TVM wherever a kernel is registered.
+  back to Triton and says so once. "auto" (the default) runs a registered TVM kernel only where this GPU's
+  tuning database has a TVM entry for the bucket whose artifact is registered (same kernel hash) and that
+  beat the bucket's Triton entry (`python -m autotune sweep --backend tvm`); otherwise Triton, said once.
+  "tvm" runs the tuned TVM kernel when registered, else the first registered one.
 - CUDA, x float16/bfloat16, and a Triton decode template for the format family: the generated Triton kernel
   for (arch, N, K, M bucket) with the config from the tuning database (`runtime.tuning.lookup_config`), or the
   per-arch heuristic `codegen.arch.default_config` when the database has no entry (logged once per (format,
@@ -74,8 +77,9 @@ def _warn_once(key, msg: str, *args) -> None:
 
 
 def set_backend(backend: str) -> None:
-    """The process-wide kernel preference: "auto" (a registered TVM kernel where one serves the call, else
-    Triton), "tvm" (the same, but a layer without a TVM kernel says so once) or "triton" (never TVM).
+    """The process-wide kernel preference: "auto" (a registered TVM kernel where the tuning database measured
+    it faster than Triton for the call's bucket, else Triton), "tvm" (a registered TVM kernel wherever one
+    serves the call; a layer without one says so once) or "triton" (never TVM).
     QuantLinear(..., backend=...) overrides it per layer."""
     global _backend
     _backend = check_backend(backend)
@@ -181,24 +185,18 @@ def _select(spec: FormatSpec, N: int, K: int, bucket: int, device: torch.device)
 
 def _select_tvm(spec: FormatSpec, N: int, K: int, bucket: int, device: torch.device,
                 backend: str) -> Dispatch | None:
-    """The registered TVM kernel for the call, or None (then Triton runs; said once where it matters)."""
+    """The TVM kernel for the call (runtime.tvm_artifacts.choose: "auto" only where this GPU's tuning database
+    says it beat Triton), or None (then Triton runs; said once where it matters)."""
     try:
         arch = _device_arch(device)
     except SpecError:
         return None   # _select reports it
-    have = tvm_artifacts.buckets_for(spec.key, N, K)
-    entry = tvm_artifacts.select(spec.key, N, K, bucket, arch)   # raises for another arch's artifacts
-    if entry is not None:
-        return Dispatch("tvm", bucket, kernel=entry.name, source=f"artifact:{entry.folder}",
-                        run=tvm_artifacts.load(entry))
-    if have:
-        _warn_once(("tvm-bucket", spec.key, N, K, bucket), "no TVM kernel for %s N=%d K=%d at M bucket %d "
-                   "(registered for M buckets %s); using Triton. Build it with `python -m codegen build %s "
-                   "--backend tvm --shapes %d,%d --batches %d`.", spec.name, N, K, bucket, have[arch],
-                   spec.name, N, K, bucket)
-    elif backend == "tvm":
-        _warn_once(("tvm-none", spec.key, N, K), "backend 'tvm': no TVM artifact registered for %s N=%d K=%d "
-                   "(runtime.use_tvm_artifacts / QUANTCC_TVM_ARTIFACTS); using Triton", spec.name, N, K)
+    c = tvm_artifacts.choose(spec, N, K, bucket, arch, backend, _device_header(device))  # raises for another arch
+    if c.kernel is not None:
+        return Dispatch("tvm", bucket, kernel=c.kernel.name, source=f"artifact:{c.kernel.folder}",
+                        run=tvm_artifacts.load(c.kernel))
+    if c.note:
+        _warn_once(c.note_key, "%s", c.note)
     return None
 
 

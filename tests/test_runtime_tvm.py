@@ -126,7 +126,7 @@ def test_tvm_for_built_buckets_triton_once_for_the_others(fake_gpu, folder, capl
     assert set(names) == {1, 16} and manifest["arch"] == "sm90"
     served = use_tvm_artifacts(folder)
     assert sorted((e.case_m, e.name) for e in served) == sorted(names.items())
-    q = _layer()
+    q = _layer(backend="tvm")
     for M, bucket in ((1, 1), (9, 16), (16, 16)):
         d = q.dispatch(M)
         assert (d.kind, d.bucket, d.kernel, d.source) == ("tvm", bucket, names[bucket], f"artifact:{folder}"), M
@@ -152,6 +152,8 @@ def test_tvm_for_built_buckets_triton_once_for_the_others(fake_gpu, folder, capl
 def test_backend_preference_and_the_custom_op(fake_gpu, folder, caplog):
     use_tvm_artifacts(folder)
     q = _layer()
+    assert q.dispatch(1).kind == "triton"   # "auto" without a measured TVM win (test_auto_needs_a_measured_win)
+    set_backend("tvm")
     assert q.dispatch(1).kind == "tvm"
     set_backend("triton")
     assert q.dispatch(1).kind == "triton"
@@ -170,6 +172,7 @@ def test_backend_preference_and_the_custom_op(fake_gpu, folder, caplog):
     y = via_op("triton")
     assert ((y.double() - _ref(q, x)).norm() / _ref(q, x).norm()).item() < REL_TOL[torch.float16]
     # backend "tvm" for a shape no folder serves: Triton, said once
+    caplog.clear()
     other = QuantLinear.from_quantized(synthetic_quantized(ir.get_format("gptq"), N, 2 * K, seed=1), backend="tvm")
     with caplog.at_level(logging.WARNING, logger="quantcc.runtime"):
         assert other.half().dispatch(1).kind == "triton" and other.dispatch(2).kind == "triton"
@@ -191,7 +194,7 @@ def test_another_arch_is_refused(fake_gpu, folder, monkeypatch):
 
 @needs_build
 def test_env_knob(fake_gpu, folder, monkeypatch, tmp_path):
-    q = _layer()
+    q = _layer(backend="tvm")
     assert q.dispatch(1).kind == "triton"
     copy = shutil.copytree(folder, tmp_path / "copy")
     monkeypatch.setenv("QUANTCC_TVM_ARTIFACTS", f"{tmp_path / 'absent'}")
@@ -205,3 +208,37 @@ def test_env_knob(fake_gpu, folder, monkeypatch, tmp_path):
     tvm_artifacts.clear_tvm_artifacts()
     monkeypatch.delenv("QUANTCC_TVM_ARTIFACTS")
     assert q.dispatch(1).kind == "triton"
+
+
+@needs_build
+def test_auto_needs_a_measured_win(fake_gpu, folder, caplog):
+    """backend "auto": a registered TVM kernel runs only where this GPU's tuning database has a TVM entry for its
+    bucket with the artifact's kernel hash that beat the bucket's Triton entry (runtime.tvm_artifacts.choose)."""
+    from autotune.db import entry_key, make_entry, merge_entries
+    from codegen.triton_backend import tuned_kernel_hash
+    from fake_gpu import HEADER
+    from runtime import tuning
+    served = {e.case_m: e for e in use_tvm_artifacts(folder)}
+    q = _layer()
+    with caplog.at_level(logging.WARNING, logger="quantcc.runtime"):
+        assert q.dispatch(1).kind == "triton"
+    assert any("backend 'auto': TVM kernels are registered for gptq" in m and "no tuning entry for backend tvm" in m
+               for m in _tvm_warnings(caplog))
+    spec, cfg = q.spec, ir.KernelConfig(block_m=1, block_n=64, block_k=128, split_k=1, num_warps=4, num_stages=3)
+
+    def measured(tvm_us, triton_us):
+        path = tuning.DB_DIR / f"{tuning.gpu_slug(HEADER['gpu'])}.json"
+        path.unlink(missing_ok=True)
+        merge_entries(path, HEADER, {
+            entry_key(spec.key, "tvm", N, K, 1): make_entry("gptq", {}, cfg, tvm_us, None, HEADER,
+                                                            kernel_hash=served[1].kernel_hash),
+            entry_key(spec.key, "triton", N, K, 1): make_entry("gptq", {}, cfg, triton_us, None, HEADER,
+                                                               kernel_hash=tuned_kernel_hash(spec, 1, N, K, cfg, "sm90"))})
+        tuning._load_for.cache_clear()
+        op._DISPATCH.clear()
+        return q.dispatch(1)
+    d = measured(5.0, 10.0)
+    assert (d.kind, d.kernel, d.source) == ("tvm", served[1].name, f"artifact:{folder}")
+    assert q.dispatch(16).kind == "triton"    # bucket 16 has no TVM entry
+    d = measured(10.0, 5.0)
+    assert (d.kind, d.source) == ("triton", "db")
