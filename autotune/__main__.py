@@ -4,10 +4,12 @@
   show    print a tuning database (this GPU's; with --gpu another's; without CUDA every file)
   check   verify (and on a GPU time) one config: the repro command failures are logged with
   space   count the legal and pruned candidates of one problem, with the pruning reasons (CPU is fine)
+  plan    what a sweep would run: cases, candidates, estimated device seconds (CPU is fine)
   tvm-build  build TVM candidate kernels on a machine with TVM + nvcc for `sweep --backend tvm
           --tvm-candidates DIR` on the GPU machine (autotune/tvm_candidates.py)
 
-A format is NAME or NAME:OPT=VALUE,OPT=VALUE (e.g. gptq:bits=3,group_size=64)."""
+A format is NAME or NAME:OPT=VALUE,OPT=VALUE (e.g. gptq:bits=3,group_size=64); `--formats all` is every
+registered format with its default options."""
 from __future__ import annotations
 
 import argparse
@@ -22,13 +24,13 @@ from pathlib import Path
 import torch
 
 import ir
-from codegen.arch import ARCHES, get_arch, kernel_family
+from codegen.arch import ARCHES, default_config, get_arch, kernel_family
 from ir import KernelConfig, SpecError
 from runtime.tuning import DB_DIR, m_bucket
 
 from .db import DatabaseError, db_path, is_stale, load, load_for_write, stale_reasons
-from .space import BACKENDS, candidates, tuning_m
-from .sweep import Case, result_table, run_sweep, summary
+from .space import BACKENDS, Search, candidates, tuning_m
+from .sweep import FINAL_RESERVE, Case, result_table, run_sweep, summary
 from .verify import Reference, evaluate
 from codegen.__main__ import _parse_value, _shape
 
@@ -60,11 +62,19 @@ def _backends(choice: str) -> list[str]:
     return [choice]
 
 
+def expand_formats(formats: list[str]) -> list[str]:
+    """`all` stands for every registered format (default options), in registry order; duplicates dropped."""
+    out = []
+    for f in formats:
+        out += ir.list_formats() if f == "all" else [f]
+    return list(dict.fromkeys(out))
+
+
 def plan_cases(formats: list[str], shapes, batches: list[int], backends: list[str], out=print) -> tuple[list, dict]:
     """(cases, {format arg: options}); shapes a format cannot take are reported and left out."""
     cases, options = [], {}
     buckets = sorted({m_bucket(b) for b in batches})
-    for arg in formats:
+    for arg in expand_formats(formats):
         spec, opts = parse_format(arg)
         options[arg] = opts
         for N, K in shapes:
@@ -110,7 +120,6 @@ def cmd_sweep(args) -> int:
               "speed. On a CPU, `python -m autotune show` prints databases and `python -m autotune check` "
               "verifies one config under TRITON_INTERPRET=1.", file=sys.stderr)
         return 2
-    from bench.timing import time_us
     from runtime.device import machine_header
     header = machine_header()
     path = db_path(header["gpu"], args.db_dir)
@@ -126,7 +135,7 @@ def cmd_sweep(args) -> int:
         print("nothing to tune: give --formats, --shapes and --batches (or --retune-stale)", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    rows = run_sweep(cases, header=header, path=path, device="cuda", timer=time_us, budget_s=args.budget_s,
+    rows = run_sweep(cases, header=header, path=path, device="cuda", timer=sweep_timer, budget_s=args.budget_s,
                      options=options, jobs=args.jobs, fresh=args.fresh, force=args.force,
                      max_candidates=args.max_candidates, dtype=DTYPES[args.dtype])
     if rows:
@@ -216,6 +225,76 @@ def cmd_check(args) -> int:
     return 0
 
 
+def sweep_timer(fn, rep_ms: int) -> float:
+    """bench.timing.time_us's method (CUDA-graph replay of one call, do_bench median, L2 flushed), with
+    do_bench's warm-up no longer than the window: a 5 ms screen then costs ~10 ms instead of 30 (time_us
+    warms up 25 ms whatever the window); the finalists' 100 ms windows keep the 25 ms warm-up."""
+    import triton.testing
+
+    from bench.timing import capture
+    g = capture(fn)
+    return 1000.0 * triton.testing.do_bench(g.replay, warmup=min(25, rep_ms), rep=rep_ms, return_mode="median")
+
+
+PLAN_FINAL_S = 0.2   # one finalist's re-timing: capture, 25 ms warm-up + FINAL_REP_MS window, verification
+
+
+def plan_estimate(cases, arch: str, *, per_candidate_s: float, candidates_per_case: int, budget_s: float,
+                  prepare_s: float, max_candidates: int | None = None) -> list[dict]:
+    """Per case: the descent's first ring (the default and its legal one-axis neighbours, exact), the
+    candidates the sweep is expected to try (at least the ring, else `candidates_per_case`: the H100
+    sweeps of session 2 converged after a median 30-45), and its expected seconds: the search
+    (min(budget, tried x per candidate)) plus three finalists re-timed, plus `prepare_s` for the first
+    case of each (format, shape) problem (synthetic weights and their reference decode)."""
+    a = get_arch(arch)
+    rows, seen = [], set()
+    for c in cases:
+        search = Search(c.spec, a, c.M, c.N, c.K, c.backend, c.family)
+        dflt = default_config(c.spec, (c.M, c.N, c.K), a)
+        search.mark([dflt])
+        ring = 1 + len(search.lines(dflt))
+        tried = max(ring, candidates_per_case)
+        if max_candidates:
+            tried = min(tried, max_candidates)
+        secs = min(budget_s * (1 - FINAL_RESERVE), tried * per_candidate_s) + 3 * PLAN_FINAL_S
+        problem = (c.spec.key, c.N, c.K)
+        if problem not in seen:
+            seen.add(problem)
+            secs += prepare_s
+        rows.append({"case": c, "ring": ring, "tried": tried, "seconds": secs})
+    return rows
+
+
+def cmd_plan(args) -> int:
+    cases, _ = plan_cases(args.formats or [], args.shapes or [], args.batches or [], _backends(args.backend))
+    if not cases:
+        print("nothing to plan: give --formats, --shapes and --batches", file=sys.stderr)
+        return 2
+    rows = plan_estimate(cases, args.arch, per_candidate_s=args.per_candidate_s,
+                         candidates_per_case=args.candidates_per_case, budget_s=args.budget_s,
+                         prepare_s=args.prepare_s, max_candidates=args.max_candidates)
+    by_bucket = collections.defaultdict(lambda: [0, 0, 0, 0.0])
+    for r in rows:
+        b = by_bucket[r["case"].bucket]
+        b[0] += 1
+        b[1] += r["ring"]
+        b[2] += r["tried"]
+        b[3] += r["seconds"]
+    formats = len({c.fmt_arg for c in cases})
+    shapes = len({(c.N, c.K) for c in cases})
+    print(f"{len(cases)} cases ({formats} formats x {shapes} shapes x M buckets, shapes a format refuses left "
+          f"out) on {args.arch}; {args.per_candidate_s:g} s per candidate, budget {args.budget_s:g} s per case")
+    print(f"  {'M bucket':>8}  {'family':>6}  {'cases':>6}  {'first ring':>10}  {'candidates':>10}  {'est. s':>8}")
+    for bucket, (n, ring, tried, secs) in sorted(by_bucket.items()):
+        label = ">256" if bucket == 512 else str(bucket)
+        print(f"  {label:>8}  {kernel_family(bucket):>6}  {n:6d}  {ring:10d}  {tried:10d}  {secs:8.0f}")
+    total = sum(r["seconds"] for r in rows)
+    tried = sum(r["tried"] for r in rows)
+    print(f"  total: {tried} candidates, about {total:.0f} s of device time ({total / 60:.1f} min, "
+          f"{total / len(rows):.1f} s per case); about {int(-(-total // 560))} device calls of 10 minutes")
+    return 0
+
+
 def get_arch_of_device() -> str:
     from codegen.arch import arch_of_capability
     return arch_of_capability(*torch.cuda.get_device_capability())
@@ -240,7 +319,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sweep", help="tune on this GPU and write autotune/db/<gpu>.json")
-    s.add_argument("--formats", nargs="+", metavar="FORMAT")
+    s.add_argument("--formats", nargs="+", metavar="FORMAT", help="formats, or `all` (every registered one)")
     s.add_argument("--shapes", nargs="+", type=_shape, metavar="N,K")
     s.add_argument("--batches", nargs="+", type=int, metavar="M", help="M values; each is tuned at its M bucket")
     s.add_argument("--backend", default="triton", choices=("triton", "tvm", "all"))
@@ -269,6 +348,21 @@ def main(argv=None) -> int:
     s.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
     s.add_argument("--arch", default=None, choices=sorted(ARCHES))
     s.set_defaults(fn=cmd_check)
+    s = sub.add_parser("plan", help="cases, candidates and estimated device time of a sweep (CPU is fine)")
+    s.add_argument("--formats", nargs="+", metavar="FORMAT", help="formats, or `all`")
+    s.add_argument("--shapes", nargs="+", type=_shape, metavar="N,K")
+    s.add_argument("--batches", nargs="+", type=int, metavar="M")
+    s.add_argument("--backend", default="triton", choices=("triton", "all"))
+    s.add_argument("--arch", default="sm90", choices=sorted(ARCHES))
+    s.add_argument("--budget-s", type=float, default=15.0, help="the sweep's seconds per case")
+    s.add_argument("--max-candidates", type=int, default=None, help="the sweep's cap per case")
+    s.add_argument("--per-candidate-s", type=float, default=0.1,
+                   help="device seconds per candidate (compile wait, verify, screen); a sweep's summary "
+                        "gives the measured figure (seconds per case / candidates tried)")
+    s.add_argument("--candidates-per-case", type=int, default=40,
+                   help="candidates a case tries before the descent converges (H100, session 2: median 30-45)")
+    s.add_argument("--prepare-s", type=float, default=1.0, help="seconds to prepare one (format, shape) problem")
+    s.set_defaults(fn=cmd_plan)
     s = sub.add_parser("space", help="count legal and pruned candidates for one problem")
     s.add_argument("--format", required=True)
     s.add_argument("--shape", type=_shape, required=True)

@@ -20,11 +20,12 @@ one-line reason. The rules, in order:
      K-quant sub-blocks 16/32) must nest with the tile: block_k % g == 0 or g % block_k == 0, so a tile
      covers whole groups or sits inside one (one scale row per tile, no partial group re-reads).
 5. shared memory: `smem_bytes` (below) must fit the arch's per-block limit.
-6. register budget: `live_values_per_thread` (below) <= REG_VALUES, about the 255 x 32-bit registers a
-   thread has, leaving room for addresses and decode temporaries. Beyond it ptxas spills, and
-   compilation time explodes (a 1x256x512 gemv tile took 56 s to compile on a CPU; 1x128x256, 4 s).
+6. register budget: `live_values_per_thread` (below) <= REG_VALUES[family], about the 255 x 32-bit
+   registers a thread has. Beyond it ptxas spills, and compilation time explodes (a 1x256x512 gemv
+   tile took 56 s to compile on a CPU; 1x128x256, 4 s).
 
-The smem and register figures are estimates, calibrated against triton 3.6 compiles for sm90
+The smem and register figures are estimates, calibrated against triton 3.6 compiles for sm90 (registers:
+`python -m codegen sass`, gptq 4096x4096, see `live_values_per_thread`)
 (`metadata.shared` of gptq / gguf_q4_0 / bnb_nf4 / awq kernels, compiled on a CPU with
 `triton.compile(..., target=GPUTarget("cuda", 90, 32))`): for the gemm family the compiled figure was
 x tile + decoded w tile (activation dtype) + (num_stages - 1) x the packed w tile and its scales,
@@ -36,33 +37,17 @@ from __future__ import annotations
 import functools
 import math
 
-from codegen.arch import Arch
+from codegen.arch import Arch, word_atom_k
 from ir import FormatSpec, KernelConfig
 
-_WORD_BYTES = {"uint8": 1, "int8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4, "int64": 8}
-REG_VALUES = 192        # live 32-bit values per thread the heuristic allows (255 registers minus headroom)
+__all__ = ["k_groups", "live_values_per_thread", "prune", "reject_reason", "smem_bytes", "word_atom_k"]
+
+REG_VALUES = {"gemv": 128, "gemm": 256}   # live 32-bit values per thread allowed (see live_values_per_thread)
 ACT_BYTES = 2           # float16 / bfloat16 activations; the decoded tile is cast to this before tl.dot
 
 
 def next_pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
-
-
-def word_atom_k(spec: FormatSpec) -> int:
-    """Consecutive K indices whose codes share storage words (1 when codes are packed along N). When the
-    decode spreads one word's codes `qs_plane` apart (GGUF: element e sits in byte e % qs_plane of its
-    plane), the span is qs_plane x codes per word; straddling fields repeat every lcm(word, field) bits."""
-    p = spec.packing
-    if p.axis != "K":
-        return 1
-    if p.straddle:
-        word_bits = 8 * _WORD_BYTES.get(p.word_dtype, 4)
-        return word_bits // math.gcd(word_bits, p.field_bits)
-    per_word = max(1, p.fields_per_word)
-    plane = dict(spec.decode.params).get("qs_plane")
-    if isinstance(plane, int) and per_word > 1:
-        return plane * per_word
-    return per_word
 
 
 def k_groups(spec: FormatSpec) -> tuple[int, ...]:
@@ -92,14 +77,16 @@ def smem_bytes(spec: FormatSpec, family: str, N: int, K: int, config: KernelConf
 
 
 def live_values_per_thread(family: str, config: KernelConfig) -> int:
-    """32-bit values a thread keeps live in the inner loop: the fp32 accumulator, the decoded w tile
-    (counted twice: codes and values coexist while decoding) and the x tile; gemv also materializes
-    the [block_m, block_k, block_n] broadcast product before reducing it."""
+    """32-bit values a thread keeps live in the inner loop. gemm: the fp32 accumulator, the decoded w tile
+    and the x tile (ptxas on sm90: 16x64x128 / 4 warps estimated 88, used 95 registers; 64x64x128 160 vs
+    147; 128x64x128 256 vs 246, no spills), allowed up to 256. gemv: the decoded w tile; the broadcast
+    product is reduced as it is formed (1x128x128 / 4 warps: 128 registers; 2 rows 72; 4 rows 255, no
+    spills; 1x128x256 / 4 warps, 256 values, spilled 7 KB), allowed up to 128."""
     c, threads = config, 32 * config.num_warps
     w = c.block_k * c.block_n
     if family == "gemv":
-        return (2 * w + c.block_m * w) // threads
-    return (c.block_m * c.block_n + 2 * w + c.block_m * c.block_k) // threads
+        return w // threads
+    return (c.block_m * c.block_n + w + c.block_m * c.block_k) // threads
 
 
 def reject_reason(spec: FormatSpec, arch: Arch, family: str, M: int, N: int, K: int,
@@ -136,8 +123,8 @@ def reject_reason(spec: FormatSpec, arch: Arch, family: str, M: int, N: int, K: 
     if smem > arch.smem_bytes:
         return f"shared memory: estimate {smem} B > {arch.smem_bytes} B on {arch.name}"
     regs = live_values_per_thread(family, c)
-    if regs > REG_VALUES:
-        return f"register budget: {regs} live values per thread > {REG_VALUES}"
+    if regs > REG_VALUES[family]:
+        return f"register budget: {regs} live values per thread > {REG_VALUES[family]}"
     return None
 
 

@@ -2,15 +2,19 @@
 
 Per case: the heuristic default (codegen.arch.default_config) is evaluated first, then `space.Search`
 proposes candidates (coordinate descent over the pruned space, see space.py). They go in chunks:
-compiled in parallel (`verify.precompile`), then each verified and screened (`verify.evaluate`,
-SCREEN_REP_MS). The search stops when nothing new is left to propose or the case's budget is spent
-(what was measured so far is kept). Finally the two best candidates and the default are re-timed
-side by side (FINAL_REP_MS, fresh data, verified again): the fastest is the winner, the next the
-runner-up, and the default's figure gives the speedup. The entry is written to the database at
-once, so an interrupted sweep resumes where it stopped."""
+compiled ahead of time by a pool of worker processes into the triton cache the JIT then hits
+(autotune/aot.py; a kernel that fails to compile there is scored as a build failure without being
+compiled again), then each verified and screened with a short timing window (`verify.evaluate`,
+SCREEN_REP_MS here). The search stops when nothing new is left to propose or the case's budget is
+spent (what was measured so far is kept). Finally the two best candidates and the default are
+re-timed side by side (FINAL_REP_MS, fresh data, verified again): the fastest is the winner, the
+next the runner-up, and the default's figure gives the speedup. The entry is written to the database
+at once, so an interrupted sweep resumes where it stopped."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,21 +26,15 @@ from codegen.triton_backend import tuned_kernel_hash
 from ir import FormatSpec, KernelConfig
 from runtime.tuning import entry_matches_kernel
 
+from .aot import CompilePool, capture
 from .db import entry_key, is_stale, load_for_write, make_entry, merge_entries
 from .space import Search
-from .verify import (
-    FINAL_REP_MS,
-    SCREEN_REP_MS,
-    Reference,
-    Timer,
-    Trial,
-    build_module,
-    evaluate,
-    precompile,
-)
+from .verify import FINAL_REP_MS, Reference, Timer, Trial, build_module, evaluate, log, repro_command
 
 FINAL_RESERVE = 0.15        # share of a case's budget kept for re-timing the finalists
 FIRST_CHUNK = 4             # candidates in a case's first chunk, before the seconds per candidate are known
+SCREEN_REP_MS = 5           # do_bench window while screening (the finalists get FINAL_REP_MS): a 15-500 us
+                            # kernel replays 10-300 times, enough to rank; the best two are re-timed anyway
 
 
 @dataclass(frozen=True)
@@ -84,13 +82,45 @@ def _ranked(trials) -> list[Trial]:
     return sorted((t for t in trials if t.ok), key=lambda t: t.us)
 
 
+def _precompile(pool: CompilePool | None, ref: Reference, case: Case, modules: dict, dtype) -> dict:
+    """Compile the chunk's kernels in the pool; {config: one-line error} for those that failed to compile.
+    A module whose run() fails before reaching its kernel is left to evaluate(), which scores it."""
+    if pool is None or not modules:
+        return {}
+    x = torch.zeros(case.M, ref.K, dtype=dtype, device=ref.device)
+    out = torch.empty(case.M, ref.N, dtype=dtype, device=ref.device)
+    jobs = {}
+    for cfg, mod in modules.items():
+        try:
+            jobs[cfg] = capture(lambda: mod.run(x, ref.tensors, ref.N, out=out))
+        except Exception:  # noqa: BLE001 (scored by evaluate, which makes the same call)
+            jobs[cfg] = []
+    flat = [j for js in jobs.values() for j in js]
+    results = iter(pool.compile(flat))
+    errors = {}
+    for cfg, js in jobs.items():
+        errs = [err for _, err, _ in (next(results) for _ in js) if err]
+        if errs:
+            errors[cfg] = errs[0]
+    return errors
+
+
+def _compile_failure(case: Case, ref: Reference, cfg: KernelConfig, error: str, dtype) -> Trial:
+    t = Trial(cfg, stage="build", error=error,
+              repro=repro_command(ref.fmt_arg, ref.N, ref.K, case.M, cfg, case.backend, dtype))
+    log.warning("autotune: %s %s failed at build: %s\n  repro: %s", case.spec.name, cfg.label, error, t.repro)
+    return t
+
+
 def tune_case(case: Case, ref: Reference, *, arch: str, budget_s: float, timer: Timer,
-              dtype: torch.dtype = torch.float16, jobs: int = 8, max_candidates: int | None = None) -> CaseResult:
+              dtype: torch.dtype = torch.float16, jobs: int = 8, max_candidates: int | None = None,
+              pool: CompilePool | None = None) -> CaseResult:
     """Search, verify and time one case within about `budget_s` seconds, the finalists' re-timing included.
 
-    Candidates go in chunks of up to `jobs` (FIRST_CHUNK at first): compiled in parallel, then each verified
-    and screened. No chunk starts after the search deadline, and chunks shrink to what the measured seconds
-    per candidate leave room for, so a case overruns its budget by about one compile at most."""
+    Candidates go in chunks of up to `jobs` (FIRST_CHUNK at first): compiled ahead of time in `pool` (without
+    one, the JIT compiles each in evaluate()), then each verified and screened. No chunk starts after the
+    search deadline, and chunks shrink to what the measured seconds per candidate leave room for, so a case
+    overruns its budget by about one chunk's compile at most."""
     t0 = time.perf_counter()
     deadline = t0 + budget_s * (1 - FINAL_RESERVE)
     res = CaseResult(case)
@@ -120,17 +150,21 @@ def tune_case(case: Case, ref: Reference, *, arch: str, budget_s: float, timer: 
             break
         chunk, queue = queue[:n], queue[n:]
         started = time.perf_counter()
-        modules = []
+        modules = {}
         for cfg in chunk:
             try:
-                modules.append(build_module(case.spec, case.M, case.N, case.K, arch, cfg, case.family))
-            except Exception:  # evaluate() below scores and logs it
+                modules[cfg] = build_module(case.spec, case.M, case.N, case.K, arch, cfg, case.family)
+            except Exception:  # noqa: BLE001 (evaluate() below scores and logs it)
                 pass
-        precompile(ref, case.M, modules, dtype=dtype, workers=jobs)
+        failed = _precompile(pool, ref, case, modules, dtype)
         for cfg in chunk:
             seed += 1
+            if cfg in failed:
+                res.trials[cfg] = _compile_failure(case, ref, cfg, failed[cfg], dtype)
+                continue
             res.trials[cfg] = evaluate(ref, case.M, cfg, arch=arch, family=case.family, dtype=dtype,
-                                       timer=timer, rep_ms=SCREEN_REP_MS, seed=seed, backend=case.backend)
+                                       timer=timer, rep_ms=SCREEN_REP_MS, seed=seed, backend=case.backend,
+                                       module=modules.get(cfg))
         per_candidate = (time.perf_counter() - started) / len(chunk)
         ranked = _ranked(res.trials.values())
         if ranked and ranked[0].config != center:   # move to the new best; its lines go first
@@ -232,6 +266,17 @@ def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer
         todo.append(c)
     out(f"{len(cases)} cases, {len(cases) - len(todo)} already tuned for this machine in {path}, "
         f"{len(todo)} to tune (budget {budget_s:g} s each)")
+    # ahead-of-time compilation needs real @triton.jit kernels and a GPU target (not the interpreter)
+    aot = todo and jobs > 1 and device == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
+    with CompilePool(jobs) if aot else contextlib.nullcontext() as pool:
+        return _sweep_cases(todo, pool, header=header, path=path, device=device, timer=timer, budget_s=budget_s,
+                            options=options, jobs=jobs, fresh=fresh, max_candidates=max_candidates, dtype=dtype,
+                            out=out)
+
+
+def _sweep_cases(todo: list[Case], pool, *, header, path, device, timer, budget_s, options, jobs, fresh,
+                 max_candidates, dtype, out) -> list[CaseResult]:
+    arch = header["arch"]
     rows, refs, started, replace_file = [], {}, time.perf_counter(), fresh
     for i, c in enumerate(todo, 1):
         rk = (c.spec.key, c.N, c.K)
@@ -242,7 +287,7 @@ def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer
             out(f"  prepared {c.fmt_arg} {c.N}x{c.K} (synthetic weights, reference decode) in "
                 f"{time.perf_counter() - t:.1f} s")
         res = tune_case(c, refs[rk], arch=arch, budget_s=budget_s, timer=timer, dtype=dtype, jobs=jobs,
-                        max_candidates=max_candidates)
+                        max_candidates=max_candidates, pool=pool)
         rows.append(res)
         if res.winner is not None:
             key = entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket)

@@ -3,6 +3,7 @@
 No template branches on the arch: they read plan fields that are derived here."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ir import FormatSpec, KernelConfig, SpecError
@@ -66,13 +67,51 @@ def _fill_split(tiles: int, K: int, block_k: int, target: int) -> int:
     return split
 
 
+_WORD_BITS = {"uint8": 8, "int8": 8, "int16": 16, "uint16": 16, "int32": 32, "uint32": 32, "int64": 64}
+
+
+def word_atom_k(spec: FormatSpec) -> int:
+    """Consecutive K indices whose codes share storage words (1 when codes are packed along N). When the
+    decode spreads one word's codes `qs_plane` apart (GGUF: element e sits in byte e % qs_plane of its
+    plane), the span is qs_plane x codes per word; straddling fields repeat every lcm(word, field) bits.
+    A tile's block_k should be a multiple of it (autotune.prune enforces that for the candidates)."""
+    p = spec.packing
+    if p.axis != "K":
+        return 1
+    if p.straddle:
+        word_bits = _WORD_BITS.get(p.word_dtype, 32)
+        return word_bits // math.gcd(word_bits, p.field_bits)
+    per_word = max(1, p.fields_per_word)
+    plane = dict(spec.decode.params).get("qs_plane")
+    if isinstance(plane, int) and per_word > 1:
+        return plane * per_word
+    return per_word
+
+
+def _shift_decode(spec: FormatSpec) -> bool:
+    """Weight-only codes packed along K, whole fields per word (no straddling), decoded by shift-and-mask
+    (affine) or a small table (lut): the formats whose gemm tiles pipeline deep in little shared memory.
+    Not awq (packed along N), 3-bit straddled fields, codebooks / trellises: their tiles gather."""
+    p = spec.packing
+    return (spec.act_quant is None and p.axis == "K" and not p.straddle and p.fields_per_word >= 1
+            and spec.decode.kind in ("affine", "lut"))
+
+
 def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | Arch) -> KernelConfig:
     """A deterministic, legal config when the tuning database has no entry.
 
-    Measured on the H100 (bench/results, gptq int4 g128): M=1 is best with 128-wide N tiles, 128-deep K
-    tiles (inside one scale group, so the gemv family factors the scale out) and split-K to ~4 programs
-    per SM; M=16 with 16x64x128 tl.dot tiles and split-K to ~2 programs per SM; M=128 with the weights as
-    the MMA's A operand (swap_ab), 4 warps and split-K 2."""
+    From the H100 tuning database (autotune/db/nvidia_h100_80gb_hbm3.json: 99 entries, gptq / int4 / awq /
+    bnb_nf4 / gguf / eqat / int3 / w8a8 at 8 Llama shapes, M buckets 1 / 16 / 128; winners vs this
+    heuristic, measured in the same run):
+    - M=1 (gemv): 128-wide N tiles, 128-deep K tiles (inside one scale group, so the gemv family factors
+      the scale out), 3 stages and split-K to ~4 programs per SM: the winner itself in 19 of 33 entries.
+    - M<=16 (gemm): 16x64 tl.dot tiles and split-K to ~2 programs per SM. For the shift-decoded
+      weight-only formats, the weights as the MMA's A operand (swap_ab) with 3 stages (26 of 33 winners
+      swap; gptq/int4 winners are 3-stage swaps at exactly this split); for table-decoded ones (bnb),
+      128-wide N tiles, no swap, 3 stages. With more 64-wide N tiles than SMs (N >= 8448), the winners
+      split to ~8 programs per SM, with block_k 64 where the storage words allow it.
+    - M>16 (gemm): 64-wide N tiles, swap_ab, split-K to ~1 program per SM; with 128-row tiles (M > 64),
+      8 warps and 3 stages for the int32-word affine and the table formats (22 of 33 winners use 8 warps)."""
     a = get_arch(arch) if isinstance(arch, str) else arch
     M, N, K = problem
     group = spec.param("group_size", spec.param("blocksize", 0))  # the scale group along K
@@ -83,20 +122,38 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
     if kernel_family(M) == "gemv":
         block_n = 128
         split = _fill_split(-(-N // block_n), K, block_k, 4 * a.sms)
-        return KernelConfig(block_m=1 if M == 1 else 4, block_n=block_n, block_k=block_k, split_k=split,
+        # block_m: M's next power of two (1, 2 or 4 rows), the rows the gemv template broadcasts over
+        return KernelConfig(block_m=1 << (M - 1).bit_length(), block_n=block_n, block_k=block_k, split_k=split,
                             num_warps=4, num_stages=3)
-    block_m = 16 if M <= 16 else 64 if M <= 64 else 128
+    block_m = 16 if M <= 16 else min(128, 1 << (M - 1).bit_length())   # no tile rows beyond M's power of two
     if spec.act_quant is not None:
         return _act_quant_gemm_config(M, N, K, block_m, block_k, a)
     block_n = 64
-    target = 2 * a.sms if block_m <= 16 else a.sms
-    split = _fill_split(-(-N // block_n) * -(-M // block_m), K, block_k, target)
-    swap = block_m > 16 and spec.act_quant is None
+    tiles = -(-N // block_n) * -(-M // block_m)
+    fast = _shift_decode(spec)
     # Formats without a fast decode path pipeline many gathered loads: with 3 stages their tiles overflow the
-    # 227 KiB of an H100/H200 block (awq at M=300 needed 266 KB, int3 at M=16 319 KB), so the default is
-    # 2 stages; the autotuner tries deeper pipelines where they fit.
-    stages = 2
-    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split, num_warps=4,
+    # 227 KiB of an H100/H200 block (awq at M=300 needed 266 KB, int3 at M=16 319 KB), so they keep 2 stages
+    # (and no swap at M <= 16); the autotuner tries deeper pipelines where they fit.
+    stages, warps = 2, 4
+    if block_m <= 16:
+        target = 2 * a.sms
+        if fast and tiles >= a.sms:
+            target = 8 * a.sms
+            if block_k == 128 and 64 % word_atom_k(spec) == 0:
+                block_k = 64
+        swap = fast and spec.decode.kind == "affine"
+        stages = 3 if fast else 2
+        if fast and not swap:   # table decode (bnb): 128-wide N tiles, the split of the 64-wide ones
+            split = _fill_split(tiles, K, block_k, target)
+            return KernelConfig(block_m=block_m, block_n=128, block_k=block_k, split_k=split, num_warps=4,
+                                num_stages=stages)
+    else:
+        target = a.sms
+        swap = True
+        if fast and block_m == 128 and (spec.decode.kind == "lut" or spec.packing.word_dtype in ("int32", "uint32")):
+            stages, warps = 3, 8
+    split = _fill_split(tiles, K, block_k, target)
+    return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split, num_warps=warps,
                         num_stages=stages, swap_ab=swap)
 
 

@@ -110,3 +110,47 @@ def test_search_walks_axis_lines_from_the_default():
     assert again == []
     second = s.lines(first[0])
     assert not set(second) & set(first) and d not in second
+
+
+LLAMA_SHAPES = [(4096, 4096), (6144, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (10240, 8192),
+                (28672, 8192), (8192, 28672)]
+
+
+def test_the_default_is_a_centre_of_the_search_space():
+    """The descent starts from the heuristic default: it must be a config the pruning keeps, else its
+    one-axis neighbours are mostly pruned too and the first ring is empty. The one exception: split-K that
+    leaves the last K slice empty at K=14336 (split 32 of 128-deep tiles), measured best on the H100."""
+    outside = []
+    for fmt in ir.list_formats():
+        spec = ir.get_format(fmt)
+        for N, K in LLAMA_SHAPES:
+            try:
+                spec.check_shape(N, K)
+            except ir.SpecError:
+                continue
+            for bucket in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
+                M = tuning_m(bucket)
+                d = default_config(spec, (M, N, K), "sm90")
+                why = reject_reason(spec, SM90, kernel_family(M), M, N, K, d)
+                if why is not None:
+                    outside.append((fmt, N, K, M, why))
+    assert outside and all(K == 14336 and why.startswith("split-K") for _, _, K, _, why in outside), outside[:5]
+
+
+def test_default_config_follows_the_h100_database():
+    """The rules codegen.arch.default_config took from autotune/db/nvidia_h100_80gb_hbm3.json."""
+    gptq, bnb, awq, int3 = (ir.get_format(f) for f in ("gptq", "bnb_nf4", "awq", "int3_g128_asym"))
+    d = lambda spec, M, N, K: default_config(spec, (M, N, K), "sm90").label  # noqa: E731
+    assert d(gptq, 1, 4096, 4096) == "m1n128k128s16w4p3"          # the M=1 winner
+    assert d(gptq, 2, 4096, 4096).startswith("m2n128k128")        # gemv rows: M's next power of two
+    assert d(gptq, 16, 4096, 4096) == "m16n64k128s8w4p3t"         # swap, 3 stages, ~2 programs per SM
+    assert d(gptq, 16, 28672, 8192) == "m16n64k64s4w4p3t"         # more N tiles than SMs: k64, ~8 per SM
+    assert d(gptq, 32, 4096, 4096).startswith("m32n64")           # no tile rows beyond M's power of two
+    assert d(gptq, 128, 4096, 4096) == "m128n64k128s4w8p3t"       # 8 warps, 3 stages
+    assert d(bnb, 16, 8192, 28672) == "m16n128k64s4w4p3"          # table decode: 128-wide N tiles, no swap
+    assert d(bnb, 128, 4096, 4096) == "m128n64k64s4w8p3t"
+    # gathered-load decodes keep 2 stages and no swap at M <= 16 (3 stages overflowed shared memory)
+    assert d(awq, 16, 4096, 4096) == "m16n64k128s8w4p2" and d(int3, 16, 8192, 28672) == "m16n64k128s4w4p2"
+    assert d(awq, 128, 4096, 4096) == "m128n64k128s4w4p2t"
+    # a format whose storage words span 128 K indices keeps 128-deep tiles
+    assert d(ir.get_format("gguf_q2_k"), 16, 28672, 8192).startswith("m16n64k128")

@@ -160,3 +160,55 @@ def test_cli_show_and_refusals(tmp_path, fake_kernels, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["space", "--format", "gguf_q4_0", "--shape", "4096,4096", "--batch", "16"]) == 0
     assert "legal of" in capsys.readouterr().out
+
+
+def test_plan_counts_cases_and_estimates_device_time(capsys):
+    cases, _ = plan_cases(["all"], [(4096, 4096)], [1, 16], ["triton"], out=lambda m: None)
+    assert {c.fmt_arg for c in cases} == set(ir.list_formats())      # `all`: every registered format
+    assert main(["plan", "--formats", "all", "gptq", "--shapes", "4096,4096", "--batches", "1", "16",
+                 "--per-candidate-s", "0.1", "--candidates-per-case", "10", "--prepare-s", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(cases)} cases" in out and "total:" in out
+    # 10 candidates x 0.1 s + 3 finalists x 0.2 s per case (the first ring is at most 10 here)
+    from autotune.__main__ import plan_estimate
+    rows = plan_estimate(cases[:4], "sm90", per_candidate_s=0.1, candidates_per_case=10, budget_s=15, prepare_s=0)
+    assert all(r["ring"] >= 1 and r["seconds"] == pytest.approx(max(r["ring"], 10) * 0.1 + 0.6) for r in rows)
+    capped = plan_estimate(cases[:4], "sm90", per_candidate_s=10, candidates_per_case=10, budget_s=15, prepare_s=0)
+    assert all(r["seconds"] == pytest.approx(15 * (1 - sweep.FINAL_RESERVE) + 0.6) for r in capped)
+
+
+def test_compile_failures_in_the_pool_are_scored_without_recompiling(fake_kernels, monkeypatch):
+    """A candidate the pool failed to compile is a build failure with the worker's message and a repro line;
+    it is not evaluated (the JIT would only compile it again to fail again). Screening uses the short window."""
+    from autotune.aot import CompileJob
+    from codegen.arch import default_config
+
+    cases, _ = plan_cases(["gptq"], [(N, K)], [16], ["triton"], out=lambda m: None)
+    case = cases[0]
+    ref = verify.Reference.build(case.spec, case.fmt_arg, N, K, "cpu", seed=1)
+    dflt = default_config(case.spec, (case.M, N, K), "sm90")
+    monkeypatch.setattr(sweep, "capture", lambda call: [CompileJob("m", "p", "k", str(id(call)))])
+
+    class Pool:   # fails the first job it is given: the default's (first in the first chunk)
+        n = 0
+
+        def compile(self, jobs):
+            out = [(None, "CompilationError: out of resources", 0.1) if self.n + i == 0 else ("h", None, 0.1)
+                   for i in range(len(jobs))]
+            self.n += len(jobs)
+            return out
+
+    calls = []
+    real = sweep.evaluate
+
+    def spy(ref, M, cfg, **kw):
+        calls.append((cfg, kw["rep_ms"]))
+        return real(ref, M, cfg, **kw)
+
+    monkeypatch.setattr(sweep, "evaluate", spy)
+    res = sweep.tune_case(case, ref, arch="sm90", budget_s=60, timer=timer, jobs=4, max_candidates=4, pool=Pool())
+    t = res.trials[dflt]
+    assert t.stage == "build" and "out of resources" in t.error and "autotune check" in t.repro and not t.ok
+    screened = [c for c, rep in calls if rep == sweep.SCREEN_REP_MS]
+    assert dflt not in screened and len(screened) == 3
+    assert {rep for _, rep in calls} == {sweep.SCREEN_REP_MS, verify.FINAL_REP_MS}
