@@ -2,7 +2,7 @@
 # kernel:   qtip_b2_a9108268_sm90_gemv_m1n64k128s1w4p2
 # format:   qtip   spec key: a91082681a2d166cb183252899983d8947e5de1f2bb5cc32944b07b2a5d1b351
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: e9006742b1bbbbda
+# arch:     sm90   family: gemv   template hash: 23399564467efafe
 """qtip_b2_a9108268_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `qtip` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -71,6 +71,56 @@ L: tl.constexpr, V: tl.constexpr, BITS: tl.constexpr, TLUT_BITS: tl.constexpr, )
 
 
 @triton.jit
+def _chunk(trellis_ptr, slot, offset, mask, BITS: tl.constexpr):
+    """Chunk `slot + offset` of the kernel layout (a little-endian read of BITS bytes at byte BITS * (slot + offset)),
+    as uint32; the pointer is formed from `slot` first so that a constant `offset` becomes a load immediate."""
+    if BITS == 2:
+        v = tl.load((trellis_ptr + slot) + offset, mask=mask, other=0).to(tl.uint16, bitcast=True).to(tl.uint32)
+    elif BITS == 4:
+        p = trellis_ptr.to(tl.pointer_type(tl.int32)) + slot
+        v = tl.load(p + offset, mask=mask, other=0).to(tl.uint32, bitcast=True)
+    else:
+        p = (trellis_ptr.to(tl.pointer_type(tl.uint8)) + slot * 3) + offset * 3
+        v = tl.load(p, mask=mask, other=0).to(tl.uint32)
+        v = v | (tl.load(p + 1, mask=mask, other=0).to(tl.uint32) << 8)
+        v = v | (tl.load(p + 2, mask=mask, other=0).to(tl.uint32) << 16)
+    return v
+
+
+@triton.jit
+def decode_tile_fast(trellis_ptr, tlut_ptr, SU_ptr, SV_ptr, k0, offs_n, mask_n, N, K,
+L: tl.constexpr, V: tl.constexpr, BITS: tl.constexpr, TLUT_BITS: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    KT: tl.constexpr = BLOCK_K // 16
+    # [BLOCK_N, BLOCK_K/16, c', b, e] with k = 16*kt + 8*c' + 2*b + e: n first, so that triton gives each thread
+    # a column (the loads are gathers; it orders their layout by dimension) and the k values in registers
+    n = offs_n[:, None, None, None, None]
+    kt = tl.arange(0, KT)[None, :, None, None, None]
+    cp = tl.arange(0, 2)[None, None, :, None, None]
+    b = tl.arange(0, 4)[None, None, None, :, None]
+    e = tl.arange(0, 2)[None, None, None, None, :]
+    # chunk slot ((blk*32 + c)*4 + 2p + q), blk = (n // 32) * (K // 32) + k // 32, p = (k // 16) % 2, q = (n // 16) % 2,
+    # c = 4a + b: a pointer per thread (its column n, chunk row a, and a + 1 for the chunk after c = 4a + 3) plus
+    # per-register constants in kt and b, which the loads take as immediate offsets
+    mask = ((k0 + 16 * kt) < K) & (n < N)
+    col = ((n // 32) * (K // 32) + k0 // 32) * 128 + (n // 16) % 2
+    koff = (kt // 2) * 128 + (kt % 2) * 2
+    c0 = _chunk(trellis_ptr, col + 16 * (n % 8), koff + 4 * b, mask, 2)
+    c1 = tl.where(b == 3, _chunk(trellis_ptr, col + 16 * ((n + 1) % 8), koff, mask, 2),
+                  _chunk(trellis_ptr, col + 16 * (n % 8), koff + 4 * (b + 1), mask, 2))
+    u = 2 * cp + (n // 8) % 2  # the state's step inside chunk c
+    s = (((c0 << 16) | c1) >> (16 - 4 * u)) & 0xFFFF
+    h = s * (s + 1)  # only bits 0..15 are used: exact in 32-bit arithmetic
+    row = (h >> 6) & 511
+    # the table as uint32 [2**Q] words tlut[r, 0] | tlut[r, 1] << 16; tl.gather reads it from shared memory
+    lut = tl.load(tlut_ptr.to(tl.pointer_type(tl.uint32)) + tl.arange(0, 512))
+    pair = tl.reshape(tl.gather(lut, tl.reshape(row, (BLOCK_N * KT * 8,)), 0), (BLOCK_N, KT, 2, 4, 1))
+    pair = pair ^ (((h >> 15) & 1) << 15)  # negates value 0
+    v = ((pair >> (16 * e)) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+    return tl.reshape(tl.permute(v, (1, 2, 3, 4, 0)), (BLOCK_K, BLOCK_N)).to(tl.float32)
+
+
+
+@triton.jit
 def qtip_b2_a9108268_sm90_gemv_m1n64k128s1w4p2(
     x_ptr, y_ptr, bias_ptr,
     trellis_ptr,
@@ -98,12 +148,10 @@ def qtip_b2_a9108268_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-trellis_ptr, tlut_ptr, SU_ptr, SV_ptr, offs_k, offs_n, w_mask, N, K,
-L, V, BITS, TLUT_BITS, 
+        w = decode_tile_fast(
+trellis_ptr, tlut_ptr, SU_ptr, SV_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+L, V, BITS, TLUT_BITS, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
