@@ -66,17 +66,42 @@ class OfflineDriver:
         return self.target
 
 
+def _preload_source_hash(jit_fn, specialization: str) -> str:
+    """ASTSource hash of what JITFunction.preload rebuilds from `specialization` (its decoding, triton 3.6)."""
+    import triton.language as tl
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import convert_to_tuple_if_list
+
+    d = json.loads(specialization)
+    constexprs = {tuple(k): tl.dtype(v) if tl.dtype.is_dtype(v) else
+                  tl.constexpr(v["constexpr"]) if isinstance(v, dict) and "constexpr" in v else v
+                  for k, v in zip(d["constant_keys"], d["constant_vals"])}
+    attrs = dict(zip(map(tuple, d["attrs_keys"]), d["attrs_vals"]))
+    signature = {k: convert_to_tuple_if_list(v) for k, v in d["signature"].items()}
+    return ASTSource(jit_fn, signature, constexprs, attrs).hash()
+
+
 def capture(call) -> list[CompileJob]:
     """Run `call()` (a module's run on the real arguments) with compilation intercepted; the jobs that
-    would have compiled, in call order. Exceptions of `call` propagate (the caller decides)."""
+    would have compiled, in call order. Exceptions of `call` propagate (the caller decides).
+
+    Each job is checked to survive the JSON round trip: the source hash preload will rebuild must equal
+    the one the JIT would compile (a constexpr JSON cannot carry exactly, say, would change it). A job
+    that does not is left out: the JIT compiles it in the timing process, as without a pool."""
     from triton import knobs
+    from triton.compiler import ASTSource
 
     jobs: list[CompileJob] = []
 
     def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled):  # noqa: A002 (triton's names)
         jit_fn = fn.jit_function
-        jobs.append(CompileJob(jit_fn.module, jit_fn.fn.__code__.co_filename, jit_fn.fn.__qualname__,
-                               compile["specialization_data"]))
+        data = compile["specialization_data"]
+        jit_hash = ASTSource(jit_fn, compile["signature"], compile["constants"], compile["configs"][0]).hash()
+        if _preload_source_hash(jit_fn, data) != jit_hash:
+            log.warning("autotune: %s does not survive preload's JSON round trip; the JIT compiles it",
+                        jit_fn.fn.__qualname__)
+            return False  # compile here, as without a pool
+        jobs.append(CompileJob(jit_fn.module, jit_fn.fn.__code__.co_filename, jit_fn.fn.__qualname__, data))
         return True   # skip compiling (and launching) here
 
     old = knobs.runtime.jit_cache_hook
