@@ -1,11 +1,16 @@
 """Config probe: time one format over a small grid of tile configs at real shapes (a kernel-design tool;
 `python -m autotune` is the real search). Same timing as everything else (CUDA-graph replay, L2 flushed).
 
-python -m bench.probe FORMAT [-o k=v ...] --shapes 4096,4096 8192,28672 --batches 1 16 128"""
+python -m bench.probe FORMAT [-o k=v ...] --shapes 4096,4096 8192,28672 --batches 1 16 128
+    [--configs m1n128k128s16w4p3 ...] [--from-db] [--json OUT]
+--configs replaces the built-in grid by the listed config labels (KernelConfig.label); --from-db adds, per case,
+the config the tuning database holds for it (any kernel hash: a tuned config of an older kernel, re-timed)."""
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import re
 import sys
 
 import torch
@@ -31,6 +36,25 @@ def grid(M: int, K: int):
             yield KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st, swap_ab=sw)
 
 
+def parse_label(label: str) -> KernelConfig:
+    """KernelConfig from its label, e.g. m16n64k128s4w4p3t (t = swap_ab)."""
+    m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(t?)", label)
+    if not m:
+        raise SpecError(f"config label {label!r} is not like m16n64k128s4w4p3 (t suffix: swap_ab)")
+    bm, bn, bk, sk, w, st = (int(v) for v in m.groups()[:6])
+    return KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st,
+                        swap_ab=bool(m.group(7)))
+
+
+def _db_configs(spec, N: int, K: int, M: int) -> list[KernelConfig]:
+    from autotune.db import db_path, load
+    from runtime.tuning import m_bucket
+    data = load(db_path(torch.cuda.get_device_name())) or {}
+    return [KernelConfig(**e["config"]) for k, e in data.get("entries", {}).items()
+            if k.split("|")[0] == spec.key and k.split("|")[1] == "triton"
+            and (int(k.split("|")[2]), int(k.split("|")[3]), int(k.split("|")[4])) == (N, K, m_bucket(M))]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("format")
@@ -38,7 +62,11 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="+", type=_shape, default=[(4096, 4096)])
     p.add_argument("--batches", nargs="+", type=int, default=[1])
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--configs", nargs="+", type=parse_label, help="config labels to time instead of the grid")
+    p.add_argument("--from-db", action="store_true", help="also time the database's config for each case")
+    p.add_argument("--json", help="write every timed row to this JSON file")
     args = p.parse_args(argv)
+    rows = []
     spec = ir.get_format(args.format, **_options(args.option))
     arch = arch_of_capability(*torch.cuda.get_device_capability())
     for N, K in args.shapes:
@@ -55,7 +83,10 @@ def main(argv=None) -> int:
             fp16 = time_us(lambda: torch.nn.functional.linear(x, W))
             dflt = default_config(spec, (M, N, K), arch)
             res = []
-            for cfg in [dflt] + list(grid(M, K)):
+            cands = [dflt] + (_db_configs(spec, N, K, M) if args.from_db else [])
+            gemv = kernel_family(M) == "gemv"
+            cands += [c for c in (args.configs if args.configs else grid(M, K)) if (c.block_m <= 4) == gemv]
+            for cfg in dict.fromkeys(cands):
                 try:
                     mod = get_kernel(spec, M, N, K, arch, cfg)
                     out.fill_(float("nan"))
@@ -67,6 +98,9 @@ def main(argv=None) -> int:
                     res.append((time_us(lambda: mod.run(x, t, N, out=out), rep_ms=40), cfg.label, ""))
                 except (SpecError, Exception) as e:  # illegal or failing configs are reported, not fatal
                     res.append((float("inf"), cfg.label, f"{type(e).__name__}: {str(e)[:80]}"))
+            rows += [{"format": spec.name, "N": N, "K": K, "M": M, "config": label, "us": us, "note": note,
+                      "fp16_us": fp16, "floor_us": floor, "bytes": nbytes, "default": label == dflt.label}
+                     for us, label, note in res]
             res_sorted = sorted(res)
             d = next(r for r in res if r[1] == dflt.label)
             print(f"\n{spec.name} N={N} K={K} M={M}: {nbytes/1e6:.1f} MB, read floor {floor:.1f} us, fp16 cuBLAS {fp16:.1f} us, "
@@ -77,6 +111,9 @@ def main(argv=None) -> int:
             bad = [r for r in res if r[2].startswith("WRONG")]
             if bad:
                 print(f"  WRONG results: {[b[1] for b in bad][:5]}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
     return 0
 
 

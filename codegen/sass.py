@@ -68,8 +68,9 @@ def _signature(plan: KernelPlan, x_dtype: str, M: int, N: int, K: int) -> tuple[
     cfg = plan.config
     aq = plan.act_quant
     xq = ("*i8" if aq["kind"] == "int" else "*fp8e4nv") if aq else _PTR[x_dtype]
-    sig: dict[str, str] = {"x_ptr": xq, "y_ptr": "*fp32" if cfg.split_k > 1 else _PTR[x_dtype],
-                           "bias_ptr": _PTR[x_dtype]}
+    sig: dict[str, str] = {"x_ptr": xq, "y_ptr": _PTR[x_dtype], "bias_ptr": _PTR[x_dtype],
+                           "ws_ptr": "*fp32" if cfg.split_k > 1 else _PTR[x_dtype],
+                           "tickets_ptr": "*i32" if cfg.split_k > 1 else _PTR[x_dtype]}
     for t in plan.tensors:
         sig[f"{t.name}_ptr"] = _PTR[t.dtype]
     aligned = list(sig)
@@ -82,10 +83,10 @@ def _signature(plan: KernelPlan, x_dtype: str, M: int, N: int, K: int) -> tuple[
             sig[a] = "i32"
             if v % 16 == 0:
                 aligned.append(a)
-    consts.update({"HAS_BIAS": False, "INTERPRET_BF16_WORKAROUND": False, **dict(plan.constexprs),
+    consts.update({"HAS_BIAS": False, "INTERPRETED": False, **dict(plan.constexprs),
                    "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "SPLIT_K": cfg.split_k})
-    order = ["x_ptr", "y_ptr", "bias_ptr", *(f"{t.name}_ptr" for t in plan.tensors), *values, "HAS_BIAS",
-             "INTERPRET_BF16_WORKAROUND", *(n for n, _ in plan.constexprs), "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K"]
+    order = ["x_ptr", "y_ptr", "bias_ptr", "ws_ptr", "tickets_ptr", *(f"{t.name}_ptr" for t in plan.tensors), *values, "HAS_BIAS",
+             "INTERPRETED", *(n for n, _ in plan.constexprs), "BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K"]
     return {a: sig.get(a, "constexpr") for a in order}, consts, aligned
 
 

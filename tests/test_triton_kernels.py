@@ -64,3 +64,22 @@ def test_gemv_small_k_tiles_and_odd_split(name, quantized, gen):
     mod = kernel_module(qt.spec, "gemv", 1, N, K, cfg)
     err = check_kernel(mod, qt, 1, torch.float16, gen, bias=True, device=DEVICE)
     assert err < REL_TOL[torch.float16], f"{name}: rel err {err:.2e}"
+
+
+# gemm with swap_ab=False is covered for every format by test_kernel_matches_reference's default-config cases
+# at M=16/33 with larger block_k; here: every format swapped, the packed-affine families (whose gemm has a
+# code-tile path inside one scale group) both ways
+_AFFINE_K = [n for n in FORMATS if ir.get_format(n).family in ("gptq", "eqat")]
+
+
+@pytest.mark.parametrize("name,swap_ab", [(n, True) for n in FORMATS] + [(n, False) for n in _AFFINE_K])
+def test_gemm_small_k_tiles_swap_and_split(name, swap_ab, quantized, gen):
+    """block_k=32 (inside one scale group: the gemm's factorized code-tile path where a format has one),
+    swap_ab both ways, split_k=2 (one-launch split-K reduction), 3 M tiles with a ragged last one, bias."""
+    qt, _, _ = quantized(name)
+    N, K = qt.shape
+    cfg = ir.KernelConfig(block_m=16, block_n=16, block_k=32, split_k=2, num_warps=4, num_stages=1, swap_ab=swap_ab)
+    mod = kernel_module(qt.spec, "gemm", 33, N, K, cfg)
+    dtype = torch.bfloat16 if swap_ab else torch.float16
+    err = check_kernel(mod, qt, 33, dtype, gen, bias=True, device=DEVICE)
+    assert err < REL_TOL[dtype], f"{name} swap_ab={swap_ab}: rel err {err:.2e}"
