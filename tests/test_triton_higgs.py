@@ -1,5 +1,6 @@
-"""HIGGS p=1 Triton fast paths (bits 2 and 4: word loads cut by shifts, grid looked up with tl.gather): tiles
-inside a scale group (the gemv factorized path and the per-column scale vector) and spanning groups, fp16 + bf16."""
+"""HIGGS Triton fast paths: p=1 bits 2 and 4 (word loads cut by shifts, grid looked up with tl.gather) with tiles
+inside a scale group (the gemv factorized path and the per-column scale vector) and spanning groups; the M=1
+field-by-field path (part_field) for every p and bits, straddling fields included; fp16 + bf16."""
 import pytest
 import torch
 
@@ -33,3 +34,40 @@ def test_higgs_p1_kernel_options(bits, gs, hs, K, M, cfg, gen):
     for dtype in (torch.float16, torch.bfloat16):
         err = check_kernel(mod, qt, M, dtype, gen, bias=(M == 3), device=DEVICE)
         assert err < REL_TOL[dtype], f"higgs p1 b{bits} g{gs} {family} M={M} {dtype}: rel err {err:.2e}"
+
+
+M1_CASES = [  # (p, bits, group_size, hadamard_size, K, config): the M=1 field-by-field path (parts_k_per)
+    (1, 2, 64, 128, 256, _cfg(1, 64, split_k=2)),
+    (1, 3, 128, 128, 384, _cfg(1, 128, split_k=2)),   # 3-word groups of 32 codes, last tile past K
+    (1, 3, 64, 64, 192, _cfg(1, 32)),
+    (1, 4, 64, 128, 256, _cfg(1, 64, split_k=3)),
+    (2, 2, 64, 128, 256, _cfg(1, 64)),
+    (2, 3, 64, 64, 192, _cfg(1, 64, split_k=2)),      # 6-bit pair codes straddle words
+    (2, 4, 128, 128, 256, _cfg(1, 128, split_k=2)),
+]
+
+
+@pytest.mark.parametrize("p,bits,gs,hs,K,cfg", M1_CASES)
+def test_higgs_m1_fields(p, bits, gs, hs, K, cfg, gen):
+    spec = ir.get_format("higgs", p=p, bits=bits, group_size=gs, hadamard_size=hs)
+    qt = ir.quantize(spec, torch.randn(N, K, generator=torch.Generator().manual_seed(5)) * 0.05)
+    mod = kernel_module(spec, "gemv", 1, N, K, cfg)
+    assert hasattr(mod, "part_field")  # the field-by-field path was taken
+    for dtype in (torch.float16, torch.bfloat16):
+        err = check_kernel(mod, qt, 1, dtype, gen, bias=False, device=DEVICE)
+        assert err < REL_TOL[dtype], f"higgs p{p} b{bits} g{gs} M=1 {dtype}: rel err {err:.2e}"
+
+
+def test_higgs_m1_misaligned_grid(gen):
+    """part_field ORs the entry's byte offset into the grid's address; a grid view off its size's alignment is
+    copied to an aligned buffer first."""
+    spec = ir.get_format("higgs", p=2, bits=4, group_size=64, hadamard_size=128)
+    qt = ir.quantize(spec, torch.randn(N, 256, generator=torch.Generator().manual_seed(5)) * 0.05)
+    g = qt.tensors["grid"]
+    buf = torch.empty(g.numel() + 1, dtype=g.dtype)
+    view = buf[1:].view(g.shape)
+    view.copy_(g)
+    assert view.data_ptr() % 1024
+    mod = kernel_module(spec, "gemv", 1, N, 256, _cfg(1, 64))
+    x = (torch.randn(1, 256, generator=gen) * 0.5).half()
+    assert torch.equal(mod.run(x, dict(qt.tensors), N), mod.run(x, dict(qt.tensors, grid=view), N))

@@ -2,7 +2,7 @@
 # kernel:   higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p2_b3   spec key: 672d0f324bfe9bea698f8cb142e674582296d554de314f4ec9ebb459d8ac53df
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 74efaac1b6e6a8a5
+# arch:     sm90   family: gemv   template hash: d259cb91edcff25f
 """higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p2_b3` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -67,13 +67,56 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl
 
 
 @triton.jit
+def part_field(q, j: tl.constexpr):
+    """grid[code][j % P] (fp32) of element j of each word group of q = (grid address, words...): code j // P is
+    the field at stream bit FB * (j // P) of the group (LSB first, twin: ir.bitpack.unpack_cols), its entry
+    2 * P bytes long (byte shift ES)."""
+    P: tl.constexpr = 2
+    FB: tl.constexpr = 6
+    ES: tl.constexpr = P  # log2 of the entry's bytes (2 * P)
+    MASK: tl.constexpr = ((1 << FB) - 1) << ES
+    bit: tl.constexpr = FB * (j // P)
+    sh: tl.constexpr = bit % 32
+    w = q[1 + bit // 32]
+    if sh + FB > 32:  # straddles into the next word
+        off = ((w >> sh) | (q[2 + bit // 32] << (32 - sh))) << ES
+    elif sh >= ES:
+        off = w >> (sh - ES)
+    else:
+        off = w << (ES - sh)
+    addr = q[0] | (off & MASK).to(tl.int64)
+    if P == 1:
+        return tl.load(addr.to(tl.pointer_type(tl.float16), bitcast=True)).to(tl.float32)
+    # the pair's two fp16 in one 32-bit load, the same for j and j + 1 (the compiler merges the two loads)
+    pair = tl.load(addr.to(tl.pointer_type(tl.int32), bitcast=True))
+    return ((pair >> (16 * (j % 2))) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def decode_parts_fast(codes_ptr, scales_ptr, grid_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl.constexpr,                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 32
+    r = tl.arange(0, BLOCK_K // PER)
+    row = offs_n.to(tl.int64) * (K * BITS // 32)
+    # a group of 3 words holds 32 elements; K % 64 == 0, so a group is in or out of K whole
+    ptrs = codes_ptr + row[None, :] + (3 * (k0 // PER + r))[:, None]
+    gmask = ((k0 + PER * r) < K)[:, None] & mask_n[None, :]
+    q = (grid_ptr.to(tl.int64, bitcast=True), tl.load(ptrs, mask=gmask, other=0).to(tl.uint32, bitcast=True),
+         tl.load(ptrs + 1, mask=gmask, other=0).to(tl.uint32, bitcast=True),
+         tl.load(ptrs + 2, mask=gmask, other=0).to(tl.uint32, bitcast=True))
+    s = tl.load(scales_ptr + offs_n * (K // GROUP_SIZE) + k0 // GROUP_SIZE, mask=mask_n & (k0 < K), other=0.0)
+    return q, s.to(tl.float32)[None, :], tl.zeros((1, BLOCK_N), dtype=tl.float32)
+
+
+
+@triton.jit
 def higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2(
-    x_ptr, y_ptr, bias_ptr,
+    x_ptr, y_ptr, bias_ptr, ws_ptr, tickets_ptr,
     codes_ptr,
     scales_ptr,
     grid_ptr,
     M, N, K, K_ITERS, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, INTERPRET_BF16_WORKAROUND: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr,
     BITS: tl.constexpr,
     GROUP_SIZE: tl.constexpr,
     HADAMARD_SIZE: tl.constexpr,
@@ -87,32 +130,52 @@ def higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    PER: tl.constexpr = 32
+    acc2 = tl.zeros((BLOCK_K // PER, BLOCK_N), dtype=tl.float32)  # block_m == 1: 2-D only (3-D broke the layout)
     # split-K: program pid_k reduces K_ITERS consecutive BLOCK_K slices (K_ITERS computed on the host)
     k_lo = pid_k * (K_ITERS * BLOCK_K)
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-codes_ptr, scales_ptr, grid_ptr, offs_k, offs_n, w_mask, N, K,
-BITS, GROUP_SIZE, HADAMARD_SIZE, P, 
+        q, s, z = decode_parts_fast(
+codes_ptr, scales_ptr, grid_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+BITS, GROUP_SIZE, HADAMARD_SIZE, P, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
+        # x per field j: [BLOCK_K / PER, 1] at k = k0 + r * PER + j (see part_field); the one row offs_m[0]
+        k3 = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K // PER)[:, None] * PER
+        x_row = x_ptr + pid_m * stride_xm
+        x_mask = (k3 < K) & (pid_m < M)  # K is a multiple of PER (whole words), so k3 < K covers all PER fields
+        t = tl.zeros((BLOCK_K // PER, BLOCK_N), dtype=tl.float32)
+        xs = tl.zeros((BLOCK_K // PER, 1), dtype=tl.float32)
+        for j in tl.static_range(PER):
+            xj = tl.load(x_row + k3 + j, mask=x_mask, other=0.0).to(tl.float32)
+            t += xj * part_field(q, j)
+            xs += xj
+        acc2 += s * (t - z * xs)
+    acc = tl.sum(acc2, axis=0)[None, :]
     # epilogue
     out = acc
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     y_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(y_ptrs, out, mask=y_mask)
+        # split-K without atomics on y: each program parks its fp32 partial in the workspace, then takes a ticket
+        # for its output tile (tickets: zeros per call); the last of the tile's SPLIT_K programs sums the partials
+        # in pid_k order (deterministic), adds the bias and stores y in its dtype
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k * M * N, out, mask=y_mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket releases it (CTA barrier + gpu release)
+        tile = pid_m * tl.num_programs(0) + pid_n
+        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for part in range(0, SPLIT_K):
+                total += tl.load(ws_tile + part * M * N, mask=y_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
 _SCHEMA_PARAMS = {'bits': 3, 'group_size': 256, 'hadamard_size': 1024, 'p': 2}
@@ -169,6 +232,12 @@ def run(x, tensors, N, bias=None, out=None):
     """y = x @ W^T (+ bias) with W stored in `higgs_p2_b3`'s canonical layout; see the module docstring."""
     _check(x, tensors, N, bias, out)
     t = dict(tensors)
+    if t["grid"].data_ptr() % 256:  # part_field ORs the entry's byte offset into the grid's address
+        g = t["grid"]
+        buf = torch.empty(2 * g.numel(), dtype=g.dtype, device=g.device)
+        start = (-buf.data_ptr() % 256) // g.element_size()
+        t["grid"] = buf[start:start + g.numel()].view(g.shape).copy_(g)
+
     K = x.shape[-1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
@@ -177,19 +246,22 @@ def run(x, tensors, N, bias=None, out=None):
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False
-    if split_k > 1:
-        y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
-    elif out is not None and not y_out_of_place:
+    if out is not None and not y_out_of_place:
         y = out.view(M, N)
-    else:
-        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    else:  # output transforms act on the split-K sum in fp32 (as the TVM launcher does), else on y in x's dtype
+        y = torch.empty((M, N), device=x.device, dtype=torch.float32 if y_out_of_place and split_k > 1 else x.dtype)
     dummy = x2
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
+    if split_k > 1:
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+        tickets = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32)
+    else:
+        ws = tickets = dummy
     higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2[grid](
-        x2, y, bias if bias is not None else dummy,
+        x2, y, bias if bias is not None else dummy, ws, tickets,
 t.get('codes', dummy), t.get('scales', dummy), t.get('grid', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRETED=_INTERPRETED,
 BITS=BITS, GROUP_SIZE=GROUP_SIZE, HADAMARD_SIZE=HADAMARD_SIZE, P=P, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],
