@@ -2,7 +2,7 @@
 # kernel:   bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_nf4   spec key: 9a29cc1de6539bdda5423ea84d6003caf87264dc9d1efa33ad520f055ffb0705
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 5e3c2de77f8545ff
+# arch:     sm90   family: gemv   template hash: 191f147bce737358
 """bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_nf4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -151,9 +151,9 @@ BLOCKSIZE, DOUBLE_QUANT, NESTED_BLOCKSIZE, BLOCK_K, BLOCK_N,
             out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        # split-K in one launch: each program parks its fp32 partial in the workspace, then takes a ticket for its
-        # output tile; the last of the tile's SPLIT_K programs sums the partials in pid_k order (deterministic),
-        # adds the bias, stores y in its dtype and re-arms the ticket for the next launch (tickets start at 0)
+        # split-K without atomics on y: each program parks its fp32 partial in the workspace, then takes a ticket
+        # for its output tile (tickets: zeros per call); the last of the tile's SPLIT_K programs sums the partials
+        # in pid_k order (deterministic), adds the bias and stores y in its dtype
         ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
         tl.store(ws_tile + pid_k * M * N, out, mask=y_mask)
         tl.debug_barrier()  # every thread's partial is written before the ticket releases it (CTA barrier + gpu release)
@@ -165,7 +165,6 @@ BLOCKSIZE, DOUBLE_QUANT, NESTED_BLOCKSIZE, BLOCK_K, BLOCK_N,
             if HAS_BIAS:
                 total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
             tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
-            tl.atomic_xchg(tickets_ptr + tile, 0, sem="relaxed", scope="gpu")
 
 
 _SCHEMA_PARAMS = {'blocksize': 64, 'double_quant': True, 'nested_blocksize': 256}
@@ -204,22 +203,6 @@ def _check(x, tensors, N, bias, out):
         raise ValueError(f"{KERNEL_NAME}: out must be a contiguous {x.dtype} tensor of shape {(*x.shape[:-1], N)}")
 
 
-_TICKETS = {}
-
-
-def _tickets(device, n):
-    """Split-K tile tickets: int32 zeros that every launch leaves at zero again. One buffer per (device,
-    stream), so launches that may run concurrently never share one; inside CUDA-graph capture a fresh buffer
-    (zeroed by a memset node of the graph) so no captured graph holds on to a shared one."""
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return torch.zeros(n, device=device, dtype=torch.int32)
-    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
-    buf = _TICKETS.get(key)
-    if buf is None or buf.numel() < n:
-        buf = _TICKETS[key] = torch.zeros(max(n, 1024), device=device, dtype=torch.int32)
-    return buf
-
-
 def run(x, tensors, N, bias=None, out=None):
     """y = x @ W^T (+ bias) with W stored in `bnb_nf4`'s canonical layout; see the module docstring."""
     _check(x, tensors, N, bias, out)
@@ -244,7 +227,7 @@ def run(x, tensors, N, bias=None, out=None):
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
     if split_k > 1:
         ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
-        tickets = _tickets(x.device, grid[0] * grid[2])
+        tickets = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32)
     else:
         ws = tickets = dummy
     bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2[grid](
