@@ -1,6 +1,6 @@
-"""HIGGS Triton fast paths: p=1 bits 2 and 4 (word loads cut by shifts, grid looked up with tl.gather) with tiles
-inside a scale group (the gemv factorized path and the per-column scale vector) and spanning groups; the M=1
-field-by-field path (part_field) for every p and bits, straddling fields included; fp16 + bf16."""
+"""HIGGS Triton fast paths (word groups cut field by field, grid entries read through L1): tiles inside a scale
+group (per-column scale vector) and spanning groups, gemm and gemv, and the M=1 factorized field-by-field path
+(part_field), for every p and bits, straddling fields included; fp16 + bf16."""
 import pytest
 import torch
 
@@ -45,6 +45,26 @@ M1_CASES = [  # (p, bits, group_size, hadamard_size, K, config): the M=1 field-b
     (2, 3, 64, 64, 192, _cfg(1, 64, split_k=2)),      # 6-bit pair codes straddle words
     (2, 4, 128, 128, 256, _cfg(1, 128, split_k=2)),
 ]
+
+
+TILE_CASES = [  # (p, bits, group_size, hadamard_size, K, M, config): decode_tile_fast (fields joined into the tile)
+    (1, 3, 64, 128, 256, 16, _cfg(16, 64, split_k=2)),   # 3-bit straddling fields, gemm
+    (2, 3, 64, 64, 192, 3, _cfg(4, 64)),                 # 6-bit pair codes, gemv block_m > 1
+    (2, 4, 64, 128, 256, 16, _cfg(16, 128)),             # 8-bit pair codes, tile spans 2 groups
+    (2, 2, 128, 128, 256, 33, _cfg(16, 64, split_k=2)),
+]
+
+
+@pytest.mark.parametrize("p,bits,gs,hs,K,M,cfg", TILE_CASES)
+def test_higgs_tile_fields(p, bits, gs, hs, K, M, cfg, gen):
+    spec = ir.get_format("higgs", p=p, bits=bits, group_size=gs, hadamard_size=hs)
+    qt = ir.quantize(spec, torch.randn(N, K, generator=torch.Generator().manual_seed(5)) * 0.05)
+    family = "gemv" if M <= 4 else "gemm"
+    mod = kernel_module(spec, family, M, N, K, cfg)
+    assert hasattr(mod, "decode_tile_fast")
+    for dtype in (torch.float16, torch.bfloat16):
+        err = check_kernel(mod, qt, M, dtype, gen, bias=(M == 3), device=DEVICE)
+        assert err < REL_TOL[dtype], f"higgs p{p} b{bits} g{gs} {family} M={M} {dtype}: rel err {err:.2e}"
 
 
 @pytest.mark.parametrize("p,bits,gs,hs,K,cfg", M1_CASES)

@@ -2,7 +2,7 @@
 # kernel:   higgs_p1_b4_b4_g256_ffed76c1_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p1_b4   spec key: ffed76c15d2a4054a942e03f9950ed6d102b52a63dcb458423703483ce12cf18
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: d259cb91edcff25f
+# arch:     sm90   family: gemv   template hash: 6bd9501e8c1cfa6d
 """higgs_p1_b4_b4_g256_ffed76c1_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p1_b4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -67,29 +67,6 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl
 
 
 @triton.jit
-def decode_tile_fast(codes_ptr, scales_ptr, grid_ptr, k0, offs_n, mask_n, N, K,
-BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-    PER: tl.constexpr = 32 // BITS
-    # codes [N, K*BITS/32]: field k of row n is bits [BITS*(k % PER), +BITS) of word k // PER (LSB first;
-    # twin: ir.bitpack.unpack_cols)
-    kw = k0 // PER + tl.arange(0, BLOCK_K // PER)
-    row = offs_n.to(tl.int64) * (K // PER)
-    words = tl.load(codes_ptr + row[None, :] + kw[:, None], mask=(kw[:, None] < K // PER) & mask_n[None, :], other=0)
-    q = (words[:, None, :] >> (tl.arange(0, PER) * BITS)[None, :, None]) & ((1 << BITS) - 1)
-    grid = tl.broadcast_to(tl.load(grid_ptr + tl.arange(0, 1 << BITS))[:, None], (1 << BITS, BLOCK_N))
-    v = tl.gather(grid, tl.reshape(q, (BLOCK_K, BLOCK_N)), 0)
-    if BLOCK_K <= GROUP_SIZE:
-        s = tl.load(scales_ptr + offs_n * (K // GROUP_SIZE) + k0 // GROUP_SIZE, mask=mask_n & (k0 < K), other=0.0)[None, :]
-    else:
-        kk = k0 + tl.arange(0, BLOCK_K)
-        s = tl.load(scales_ptr + offs_n[None, :] * (K // GROUP_SIZE) + kk[:, None] // GROUP_SIZE,
-                    mask=mask_n[None, :] & (kk[:, None] < K), other=0.0)
-    return (v * s).to(tl.float32)  # an fp16 multiply, as the reference
-
-
-
-
-@triton.jit
 def part_field(q, j: tl.constexpr):
     """grid[code][j % P] (fp32) of element j of each word group of q = (grid address, words...): code j // P is
     the field at stream bit FB * (j // P) of the group (LSB first, twin: ir.bitpack.unpack_cols), its entry
@@ -116,8 +93,8 @@ def part_field(q, j: tl.constexpr):
 
 
 @triton.jit
-def decode_parts_fast(codes_ptr, scales_ptr, grid_ptr, k0, offs_n, mask_n, N, K,
-BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl.constexpr,                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+def _higgs_groups(codes_ptr, grid_ptr, k0, offs_n, mask_n, K, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """q = (grid address, the word groups of the tile at k0: 1 word tensor(s) [BLOCK_K / 8, BLOCK_N])."""
     PER: tl.constexpr = 8
     r = tl.arange(0, BLOCK_K // PER)
     row = offs_n.to(tl.int64) * (K * BITS // 32)
@@ -125,7 +102,36 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl
     inside = (k0 + 4 * PER * (r // 4)) < K
     words = tl.load(codes_ptr + tl.multiple_of(row, 4)[None, :] + (k0 // PER + r)[:, None],
                     mask=inside[:, None] & mask_n[None, :], other=0).to(tl.uint32, bitcast=True)
-    q = (grid_ptr.to(tl.int64, bitcast=True), words)
+    return grid_ptr.to(tl.int64, bitcast=True), words
+
+
+@triton.jit
+def decode_tile_fast(codes_ptr, scales_ptr, grid_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    q = _higgs_groups(codes_ptr, grid_ptr, k0, offs_n, mask_n, K, BITS, BLOCK_K)
+    t4_0 = tl.join(part_field(q, 0), part_field(q, 4))
+    t4_1 = tl.join(part_field(q, 1), part_field(q, 5))
+    t4_2 = tl.join(part_field(q, 2), part_field(q, 6))
+    t4_3 = tl.join(part_field(q, 3), part_field(q, 7))
+    t2_0 = tl.join(t4_0, t4_2)
+    t2_1 = tl.join(t4_1, t4_3)
+    t1_0 = tl.join(t2_0, t2_1)
+
+    v = tl.reshape(tl.permute(tl.reshape(t1_0, (BLOCK_K // 8, BLOCK_N, 8)), (0, 2, 1)), (BLOCK_K, BLOCK_N))
+    if BLOCK_K <= GROUP_SIZE:
+        s = tl.load(scales_ptr + offs_n * (K // GROUP_SIZE) + k0 // GROUP_SIZE, mask=mask_n & (k0 < K), other=0.0)[None, :]
+    else:
+        kk = k0 + tl.arange(0, BLOCK_K)
+        s = tl.load(scales_ptr + offs_n[None, :] * (K // GROUP_SIZE) + kk[:, None] // GROUP_SIZE,
+                    mask=mask_n[None, :] & (kk[:, None] < K), other=0.0)
+    return (v.to(tl.float16) * s).to(tl.float32)  # an fp16 multiply, as the reference (v is an fp16 value)
+
+
+
+@triton.jit
+def decode_parts_fast(codes_ptr, scales_ptr, grid_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl.constexpr,                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    q = _higgs_groups(codes_ptr, grid_ptr, k0, offs_n, mask_n, K, BITS, BLOCK_K)
     s = tl.load(scales_ptr + offs_n * (K // GROUP_SIZE) + k0 // GROUP_SIZE, mask=mask_n & (k0 < K), other=0.0)
     return q, s.to(tl.float32)[None, :], tl.zeros((1, BLOCK_N), dtype=tl.float32)
 

@@ -2,7 +2,7 @@
 # kernel:   higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p2_b3   spec key: 672d0f324bfe9bea698f8cb142e674582296d554de314f4ec9ebb459d8ac53df
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: d259cb91edcff25f
+# arch:     sm90   family: gemv   template hash: 6bd9501e8c1cfa6d
 """higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p2_b3` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -93,17 +93,70 @@ def part_field(q, j: tl.constexpr):
 
 
 @triton.jit
-def decode_parts_fast(codes_ptr, scales_ptr, grid_ptr, k0, offs_n, mask_n, N, K,
-BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl.constexpr,                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+def _higgs_groups(codes_ptr, grid_ptr, k0, offs_n, mask_n, K, BITS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """q = (grid address, the word groups of the tile at k0: 3 word tensor(s) [BLOCK_K / 32, BLOCK_N])."""
     PER: tl.constexpr = 32
     r = tl.arange(0, BLOCK_K // PER)
     row = offs_n.to(tl.int64) * (K * BITS // 32)
     # a group of 3 words holds 32 elements; K % 64 == 0, so a group is in or out of K whole
     ptrs = codes_ptr + row[None, :] + (3 * (k0 // PER + r))[:, None]
     gmask = ((k0 + PER * r) < K)[:, None] & mask_n[None, :]
-    q = (grid_ptr.to(tl.int64, bitcast=True), tl.load(ptrs, mask=gmask, other=0).to(tl.uint32, bitcast=True),
-         tl.load(ptrs + 1, mask=gmask, other=0).to(tl.uint32, bitcast=True),
-         tl.load(ptrs + 2, mask=gmask, other=0).to(tl.uint32, bitcast=True))
+    return (grid_ptr.to(tl.int64, bitcast=True), tl.load(ptrs, mask=gmask, other=0).to(tl.uint32, bitcast=True),
+            tl.load(ptrs + 1, mask=gmask, other=0).to(tl.uint32, bitcast=True),
+            tl.load(ptrs + 2, mask=gmask, other=0).to(tl.uint32, bitcast=True))
+
+
+@triton.jit
+def decode_tile_fast(codes_ptr, scales_ptr, grid_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl.constexpr,                      BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    q = _higgs_groups(codes_ptr, grid_ptr, k0, offs_n, mask_n, K, BITS, BLOCK_K)
+    t16_0 = tl.join(part_field(q, 0), part_field(q, 16))
+    t16_1 = tl.join(part_field(q, 1), part_field(q, 17))
+    t16_2 = tl.join(part_field(q, 2), part_field(q, 18))
+    t16_3 = tl.join(part_field(q, 3), part_field(q, 19))
+    t16_4 = tl.join(part_field(q, 4), part_field(q, 20))
+    t16_5 = tl.join(part_field(q, 5), part_field(q, 21))
+    t16_6 = tl.join(part_field(q, 6), part_field(q, 22))
+    t16_7 = tl.join(part_field(q, 7), part_field(q, 23))
+    t16_8 = tl.join(part_field(q, 8), part_field(q, 24))
+    t16_9 = tl.join(part_field(q, 9), part_field(q, 25))
+    t16_10 = tl.join(part_field(q, 10), part_field(q, 26))
+    t16_11 = tl.join(part_field(q, 11), part_field(q, 27))
+    t16_12 = tl.join(part_field(q, 12), part_field(q, 28))
+    t16_13 = tl.join(part_field(q, 13), part_field(q, 29))
+    t16_14 = tl.join(part_field(q, 14), part_field(q, 30))
+    t16_15 = tl.join(part_field(q, 15), part_field(q, 31))
+    t8_0 = tl.join(t16_0, t16_8)
+    t8_1 = tl.join(t16_1, t16_9)
+    t8_2 = tl.join(t16_2, t16_10)
+    t8_3 = tl.join(t16_3, t16_11)
+    t8_4 = tl.join(t16_4, t16_12)
+    t8_5 = tl.join(t16_5, t16_13)
+    t8_6 = tl.join(t16_6, t16_14)
+    t8_7 = tl.join(t16_7, t16_15)
+    t4_0 = tl.join(t8_0, t8_4)
+    t4_1 = tl.join(t8_1, t8_5)
+    t4_2 = tl.join(t8_2, t8_6)
+    t4_3 = tl.join(t8_3, t8_7)
+    t2_0 = tl.join(t4_0, t4_2)
+    t2_1 = tl.join(t4_1, t4_3)
+    t1_0 = tl.join(t2_0, t2_1)
+
+    v = tl.reshape(tl.permute(tl.reshape(t1_0, (BLOCK_K // 32, BLOCK_N, 32)), (0, 2, 1)), (BLOCK_K, BLOCK_N))
+    if BLOCK_K <= GROUP_SIZE:
+        s = tl.load(scales_ptr + offs_n * (K // GROUP_SIZE) + k0 // GROUP_SIZE, mask=mask_n & (k0 < K), other=0.0)[None, :]
+    else:
+        kk = k0 + tl.arange(0, BLOCK_K)
+        s = tl.load(scales_ptr + offs_n[None, :] * (K // GROUP_SIZE) + kk[:, None] // GROUP_SIZE,
+                    mask=mask_n[None, :] & (kk[:, None] < K), other=0.0)
+    return (v.to(tl.float16) * s).to(tl.float32)  # an fp16 multiply, as the reference (v is an fp16 value)
+
+
+
+@triton.jit
+def decode_parts_fast(codes_ptr, scales_ptr, grid_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HADAMARD_SIZE: tl.constexpr, P: tl.constexpr,                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    q = _higgs_groups(codes_ptr, grid_ptr, k0, offs_n, mask_n, K, BITS, BLOCK_K)
     s = tl.load(scales_ptr + offs_n * (K // GROUP_SIZE) + k0 // GROUP_SIZE, mask=mask_n & (k0 < K), other=0.0)
     return q, s.to(tl.float32)[None, :], tl.zeros((1, BLOCK_N), dtype=tl.float32)
 
