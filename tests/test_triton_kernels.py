@@ -67,12 +67,15 @@ def test_gemv_small_k_tiles_and_odd_split(name, quantized, gen):
 
 
 # gemm with swap_ab=False is covered for every format by test_kernel_matches_reference's default-config cases
-# at M=16/33 with larger block_k; here: every format swapped, the packed-affine families (whose gemm has a
-# code-tile path inside one scale group) both ways
+# at M=16/33 with larger block_k; here: every weight-only format swapped, the packed-affine families (whose
+# gemm has a code-tile path inside one scale group) both ways
 _AFFINE_K = [n for n in FORMATS if ir.get_format(n).family in ("gptq", "eqat")]
 
 
-@pytest.mark.parametrize("name,swap_ab", [(n, True) for n in FORMATS] + [(n, False) for n in _AFFINE_K])
+_SWAPPABLE = [n for n in FORMATS if ir.get_format(n).act_quant is None]   # swap_ab is for weight-only formats
+
+
+@pytest.mark.parametrize("name,swap_ab", [(n, True) for n in _SWAPPABLE] + [(n, False) for n in _AFFINE_K])
 def test_gemm_small_k_tiles_swap_and_split(name, swap_ab, quantized, gen):
     """block_k=32 (inside one scale group: the gemm's factorized code-tile path where a format has one),
     swap_ab both ways, split_k=2 (one-launch split-K reduction), 3 M tiles with a ragged last one, bias."""

@@ -212,7 +212,7 @@ def test_launcher_transforms_match_the_triton_entry_point(name, split_k, gen):
 
     def fake(x2, y, bias, has_bias):
         acc = x2.float() @ C.T + (bias.float() if has_bias else 0.0)
-        y.copy_(y.float() + acc if y.dtype == torch.float32 else acc)
+        y.copy_(acc)   # both write the whole product (the TVM launcher zeroes its split-K y, Triton's is empty)
 
     plan = lower(spec, 3, N, K, cfg, "sm90", family="gemv")
     mod = kernel_module(spec, "gemv", 3, N, K, cfg)
