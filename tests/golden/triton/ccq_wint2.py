@@ -2,7 +2,7 @@
 # kernel:   ccq_wint2_g64_f23260cb_sm90_gemv_m1n64k128s1w4p2
 # format:   ccq_wint2   spec key: f23260cbe15b48fa5dd07b29afc815f9cd5ae86941379f9bd5041e6349e34518
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a482e6af95c8d149
+# arch:     sm90   family: gemv   template hash: adfc282c2d0764ce
 """ccq_wint2_g64_f23260cb_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `ccq_wint2` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -60,6 +60,16 @@ L: tl.constexpr, S: tl.constexpr, BIAS: tl.constexpr, CLUSTER_BITS: tl.constexpr
 
 
 @triton.jit
+def _code_bits_decode_tile_fast(z, cs, cz):
+    """Int32 whose low 22 bits are those of int32(floor(fma(z, cs, cz) + 0.5)) (two's complement, |.| < 2**21),
+    z uint8: z as float by the exponent trick, floor by round-to-nearest under 1.5 * 2**23 and a correction."""
+    zf = (z.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    y = tl.fma(zf, cs, cz) + 0.5
+    r = y + 12582912.0
+    return r.to(tl.int32, bitcast=True) - ((r - 12582912.0) > y).to(tl.int32)
+
+
+@triton.jit
 def decode_tile_fast(weight_ptr, local_scale_ptr, code_scale_ptr, code_zp_ptr, super_scale_ptr, k0, offs_n, mask_n, N, K,
 L: tl.constexpr, S: tl.constexpr, BIAS: tl.constexpr, CLUSTER_BITS: tl.constexpr, CLUSTERED: tl.constexpr, CODE_BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SEQ_LEN: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     SEQ: tl.constexpr = SEQ_LEN
@@ -68,16 +78,22 @@ L: tl.constexpr, S: tl.constexpr, BIAS: tl.constexpr, CLUSTER_BITS: tl.constexpr
     z = tl.load(weight_ptr + rows[:, None] * N + offs_n[None, :], mask=m2, other=0)
     cs = tl.load(code_scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
     cz = tl.load(code_zp_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
-    c = tl.floor(tl.fma(z.to(tl.float32), cs, cz) + 0.5).to(tl.int32)
+    c = _code_bits_decode_tile_fast(z, cs, cz)
     j = tl.arange(0, SEQ)
-    shifts = tl.where(j == 0, 9, tl.where(j == 1, 6, tl.where(j == 2, 3, 0)))
-    v = ((c[:, None, :] >> shifts[None, :, None]) & 63) + -32
-    v = tl.reshape(v, (BLOCK_K, BLOCK_N)).to(tl.float32)
-    sup = tl.load(super_scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    g = ((k0 + tl.arange(0, BLOCK_K)) // GROUP_SIZE)[:, None]
+    sh = (tl.where(j == 0, 9, tl.where(j == 1, 6, tl.where(j == 2, 3, 0))))[None, :, None]
+    E: tl.constexpr = 0x4B000000
+    t = ((c[:, None, :] | E) & ((63 << sh) | E)).to(tl.float32, bitcast=True)
+    inv = ((127 - sh) << 23).to(tl.float32, bitcast=True)   # 2**-s
+    off = ((150 - sh) << 23).to(tl.float32, bitcast=True)   # 2**(23 - s)
+    v = tl.reshape(t * inv - (off - -32.0), (BLOCK_K, BLOCK_N))  # window + bias, exact
+    if GROUP_SIZE % BLOCK_K == 0:
+        g = k0 // GROUP_SIZE + tl.zeros((1, BLOCK_N), dtype=tl.int32)
+    else:
+        g = ((k0 + tl.arange(0, BLOCK_K)) // GROUP_SIZE)[:, None]
     gmask = (g < K // GROUP_SIZE) & mask_n[None, :]
     lsb = tl.load(local_scale_ptr + (g // 2) * N + offs_n[None, :], mask=gmask, other=0).to(tl.int32)
-    ls = ((lsb >> (4 * (1 - g % 2))) & 0xF).to(tl.float32)
+    ls = (((lsb >> (4 * (1 - g % 2))) & 0xF) | E).to(tl.float32, bitcast=True) - 8388608.0
+    sup = tl.load(super_scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     return ((ls * sup) * v).to(tl.float16).to(tl.float32)
 
 
@@ -85,14 +101,14 @@ L: tl.constexpr, S: tl.constexpr, BIAS: tl.constexpr, CLUSTER_BITS: tl.constexpr
 
 @triton.jit
 def ccq_wint2_g64_f23260cb_sm90_gemv_m1n64k128s1w4p2(
-    x_ptr, y_ptr, bias_ptr,
+    x_ptr, y_ptr, bias_ptr, ws_ptr, tickets_ptr,
     weight_ptr,
     local_scale_ptr,
     code_scale_ptr,
     code_zp_ptr,
     super_scale_ptr,
     M, N, K, K_ITERS, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, INTERPRET_BF16_WORKAROUND: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr,
     L: tl.constexpr,
     S: tl.constexpr,
     BIAS: tl.constexpr,
@@ -125,15 +141,27 @@ L, S, BIAS, CLUSTER_BITS, CLUSTERED, CODE_BITS, GROUP_SIZE, SEQ_LEN, BLOCK_K, BL
         acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
     # epilogue
     out = acc
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     y_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(y_ptrs, out, mask=y_mask)
+        # split-K without atomics on y: each program parks its fp32 partial in the workspace, then takes a ticket
+        # for its output tile (tickets: zeros per call); the last of the tile's SPLIT_K programs sums the partials
+        # in pid_k order (deterministic), adds the bias and stores y in its dtype
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k * M * N, out, mask=y_mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket releases it (CTA barrier + gpu release)
+        tile = pid_m * tl.num_programs(0) + pid_n
+        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for part in range(0, SPLIT_K):
+                total += tl.load(ws_tile + part * M * N, mask=y_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
 _SCHEMA_PARAMS = {'L': 6, 'S': 3, 'bias': -32, 'cluster_bits': 8, 'clustered': True, 'code_bits': 15, 'group_size': 64, 'seq_len': 4}
@@ -183,19 +211,22 @@ def run(x, tensors, N, bias=None, out=None):
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False
-    if split_k > 1:
-        y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
-    elif out is not None and not y_out_of_place:
+    if out is not None and not y_out_of_place:
         y = out.view(M, N)
-    else:
-        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    else:  # output transforms act on the split-K sum in fp32 (as the TVM launcher does), else on y in x's dtype
+        y = torch.empty((M, N), device=x.device, dtype=torch.float32 if y_out_of_place and split_k > 1 else x.dtype)
     dummy = x2
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
+    if split_k > 1:
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+        tickets = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32)
+    else:
+        ws = tickets = dummy
     ccq_wint2_g64_f23260cb_sm90_gemv_m1n64k128s1w4p2[grid](
-        x2, y, bias if bias is not None else dummy,
+        x2, y, bias if bias is not None else dummy, ws, tickets,
 t.get('weight', dummy), t.get('local_scale', dummy), t.get('code_scale', dummy), t.get('code_zp', dummy), t.get('super_scale', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRETED=_INTERPRETED,
 L=L, S=S, BIAS=BIAS, CLUSTER_BITS=CLUSTER_BITS, CLUSTERED=CLUSTERED, CODE_BITS=CODE_BITS, GROUP_SIZE=GROUP_SIZE, SEQ_LEN=SEQ_LEN, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

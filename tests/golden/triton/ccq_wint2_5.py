@@ -2,7 +2,7 @@
 # kernel:   ccq_wint2_5_39ee0c41_sm90_gemv_m1n64k128s1w4p2
 # format:   ccq_wint2_5   spec key: 39ee0c4116bf10c8630167259eafdf83a1d4e7e5543497c155bf987f86c5a8a8
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a482e6af95c8d149
+# arch:     sm90   family: gemv   template hash: adfc282c2d0764ce
 """ccq_wint2_5_39ee0c41_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `ccq_wint2_5` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -49,12 +49,77 @@ def decode_tile(weight_ptr, super_scale_ptr, offs_k, offs_n, mask, N, K,
 
 
 @triton.jit
+def decode_tile_fast(weight_ptr, super_scale_ptr, k0, offs_n, mask_n, N, K,
+               BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    E: tl.constexpr = 0x4B000000
+    grp = k0 // 64 + tl.arange(0, BLOCK_K // 64)
+    m2 = (grp[:, None] < K // 64) & mask_n[None, :]
+    p = weight_ptr + (grp * 10)[:, None] * N + offs_n[None, :]
+    w0 = tl.load(p + 0 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w1 = tl.load(p + 1 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w2 = tl.load(p + 2 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w3 = tl.load(p + 3 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w4 = tl.load(p + 4 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w5 = tl.load(p + 5 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w6 = tl.load(p + 6 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w7 = tl.load(p + 7 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w8 = tl.load(p + 8 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w9 = tl.load(p + 9 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    r = tl.arange(0, 64)[None, :, None]
+    word = tl.where(r < 7, w0, tl.where(r < 14, w1, tl.where(r < 21, w2, tl.where(r < 28, w3, tl.where(r < 35, w4, tl.where(r < 42, w5, tl.where(r < 49, w6, tl.where(r < 56, w7, tl.where(r < 63, w8, w9)))))))))
+    j = r % 7
+    sh = tl.where(r < 63, tl.where(j == 0, 13, tl.where(j == 1, 11, tl.where(j == 2, 9, tl.where(j == 3, 6, tl.where(j == 4, 4, tl.where(j == 5, 2, 0)))))), 13)
+    t = ((word | E) & ((7 << sh) | E)).to(tl.float32, bitcast=True)    # 2**23 + field * 2**sh
+    inv = ((127 - sh) << 23).to(tl.float32, bitcast=True)             # 2**-sh
+    off = ((150 - sh) << 23).to(tl.float32, bitcast=True)             # 2**(23 - sh)
+    v = t * inv - (off - -4.0)                                # field + bias, exact
+    ls = ((w9 & 0x1FFF) | E).to(tl.float32, bitcast=True) - 8388608.0
+    sup = tl.load(super_scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, None, :]
+    return tl.reshape(((ls * sup) * v).to(tl.float16).to(tl.float32), (BLOCK_K, BLOCK_N))
+
+
+
+
+@triton.jit
+def decode_parts_fast(weight_ptr, super_scale_ptr, k0, offs_n, mask_n, N, K,
+               BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    E: tl.constexpr = 0x4B000000
+    grp = k0 // 64 + tl.arange(0, BLOCK_K // 64)
+    m2 = (grp[:, None] < K // 64) & mask_n[None, :]
+    p = weight_ptr + (grp * 10)[:, None] * N + offs_n[None, :]
+    w0 = tl.load(p + 0 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w1 = tl.load(p + 1 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w2 = tl.load(p + 2 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w3 = tl.load(p + 3 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w4 = tl.load(p + 4 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w5 = tl.load(p + 5 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w6 = tl.load(p + 6 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w7 = tl.load(p + 7 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w8 = tl.load(p + 8 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    w9 = tl.load(p + 9 * N, mask=m2, other=0).to(tl.int32)[:, None, :]
+    r = tl.arange(0, 64)[None, :, None]
+    word = tl.where(r < 7, w0, tl.where(r < 14, w1, tl.where(r < 21, w2, tl.where(r < 28, w3, tl.where(r < 35, w4, tl.where(r < 42, w5, tl.where(r < 49, w6, tl.where(r < 56, w7, tl.where(r < 63, w8, w9)))))))))
+    j = r % 7
+    sh = tl.where(r < 63, tl.where(j == 0, 13, tl.where(j == 1, 11, tl.where(j == 2, 9, tl.where(j == 3, 6, tl.where(j == 4, 4, tl.where(j == 5, 2, 0)))))), 13)
+    t = ((word | E) & ((7 << sh) | E)).to(tl.float32, bitcast=True)    # 2**23 + field * 2**sh
+    inv = ((127 - sh) << 23).to(tl.float32, bitcast=True)             # 2**-sh
+    off = ((150 - sh) << 23).to(tl.float32, bitcast=True)             # 2**(23 - sh)
+    v = t * inv - (off - -4.0)                                # field + bias, exact
+    ls = ((w9 & 0x1FFF) | E).to(tl.float32, bitcast=True) - 8388608.0
+    sup = tl.load(super_scale_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, None, :]
+    w = tl.reshape((ls * sup) * v, (BLOCK_K, BLOCK_N))
+    return w, tl.full((1, BLOCK_N), 1.0, dtype=tl.float32), tl.zeros((1, BLOCK_N), dtype=tl.float32)
+
+
+
+
+@triton.jit
 def ccq_wint2_5_39ee0c41_sm90_gemv_m1n64k128s1w4p2(
-    x_ptr, y_ptr, bias_ptr,
+    x_ptr, y_ptr, bias_ptr, ws_ptr, tickets_ptr,
     weight_ptr,
     super_scale_ptr,
     M, N, K, K_ITERS, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, INTERPRET_BF16_WORKAROUND: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -70,26 +135,37 @@ def ccq_wint2_5_39ee0c41_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-weight_ptr, super_scale_ptr, offs_k, offs_n, w_mask, N, K,
-
+        q, s, z = decode_parts_fast(
+weight_ptr, super_scale_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
+        xf = x.to(tl.float32)
+        acc += s * (tl.sum(xf[:, :, None] * q[None, :, :], axis=1) - z * tl.sum(xf, axis=1)[:, None])
     # epilogue
     out = acc
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     y_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(y_ptrs, out, mask=y_mask)
+        # split-K without atomics on y: each program parks its fp32 partial in the workspace, then takes a ticket
+        # for its output tile (tickets: zeros per call); the last of the tile's SPLIT_K programs sums the partials
+        # in pid_k order (deterministic), adds the bias and stores y in its dtype
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k * M * N, out, mask=y_mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket releases it (CTA barrier + gpu release)
+        tile = pid_m * tl.num_programs(0) + pid_n
+        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for part in range(0, SPLIT_K):
+                total += tl.load(ws_tile + part * M * N, mask=y_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
 _SCHEMA_PARAMS = {}
@@ -139,19 +215,22 @@ def run(x, tensors, N, bias=None, out=None):
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False
-    if split_k > 1:
-        y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
-    elif out is not None and not y_out_of_place:
+    if out is not None and not y_out_of_place:
         y = out.view(M, N)
-    else:
-        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    else:  # output transforms act on the split-K sum in fp32 (as the TVM launcher does), else on y in x's dtype
+        y = torch.empty((M, N), device=x.device, dtype=torch.float32 if y_out_of_place and split_k > 1 else x.dtype)
     dummy = x2
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
+    if split_k > 1:
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+        tickets = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32)
+    else:
+        ws = tickets = dummy
     ccq_wint2_5_39ee0c41_sm90_gemv_m1n64k128s1w4p2[grid](
-        x2, y, bias if bias is not None else dummy,
+        x2, y, bias if bias is not None else dummy, ws, tickets,
 t.get('weight', dummy), t.get('super_scale', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRETED=_INTERPRETED,
 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

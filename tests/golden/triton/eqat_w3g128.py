@@ -2,7 +2,7 @@
 # kernel:   eqat_w3g128_b3_g128_5725a379_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat_w3g128   spec key: 5725a379095c167a206f30af424c3e14b84aeb4e160592d1903c4c08f61ca3e8
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 7a66594523c81258
+# arch:     sm90   family: gemv   template hash: 2b0d9287e1674dc9
 """eqat_w3g128_b3_g128_5725a379_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat_w3g128` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -71,14 +71,112 @@ BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr, ):
 
 
 @triton.jit
+def _fields_f32(words, slot, BITS: tl.constexpr):
+    """Float32 of the BITS-wide field `slot` of LSB-first int32 words, exact and without an int->float
+    conversion (those run at a quarter of the LOP3/FFMA rate on sm80/sm90): the field stays at its bit
+    position p (the word is shifted right 16 first if the field would reach the float exponent), one LOP3
+    keeps it and sets the exponent bits of 2**23 ((w | E) & (mask | E) == (w & mask) | E), which reads as
+    2**23 + q * 2**p; one FFMA by 2**-p minus 2**(23 - p) leaves q. Twin: ir.bitpack.magic_u2f."""
+    pos = slot * BITS
+    sh = tl.where(pos + BITS > 23, 16, 0)
+    p = pos - sh
+    f = ((words >> sh) | 0x4B000000) & ((((1 << BITS) - 1) << p) | 0x4B000000)
+    return f.to(tl.float32, bitcast=True) * (1.0 / (1 << p).to(tl.float32)) - (1 << (23 - p)).to(tl.float32)
+
+
+
+@triton.jit
+def _fp16_of_code(q):
+    """1024 + q as float16 for an int32 code 0 <= q < 1024, built by bits (0x6400 is 1024.0) instead of an
+    int->float conversion; the difference of two such values is q1 - q2 exactly (twin: ir.bitpack.magic_u2f)."""
+    return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+
+@triton.jit
+def _codes_np2(qweight_ptr, k0, offs_n, mask_n, N, K, BLOCK_K: tl.constexpr, AS_FLOAT: tl.constexpr):
+    """Codes [BLOCK_K, BLOCK_N] of rows k0.. of 3-bit fields, 10 per int32 word along K, never straddling
+    (twin: ir.bitpack.unpack_rows): int32, or fp32 when AS_FLOAT."""
+    FULL: tl.constexpr = 1073741823
+    base = k0 // 10
+    KW = tl.cdiv(K, 10)
+    sh = (k0 % 10) * 3
+    p = qweight_ptr + base * N + offs_n[None, :]
+    w0 = tl.load(p + 0 * N, mask=mask_n[None, :] & (base + 0 < KW), other=0) & FULL
+    w1 = tl.load(p + 1 * N, mask=mask_n[None, :] & (base + 1 < KW), other=0) & FULL
+    w2 = tl.load(p + 2 * N, mask=mask_n[None, :] & (base + 2 < KW), other=0) & FULL
+    w3 = tl.load(p + 3 * N, mask=mask_n[None, :] & (base + 3 < KW), other=0) & FULL
+    w4 = tl.load(p + 4 * N, mask=mask_n[None, :] & (base + 4 < KW), other=0) & FULL
+    w5 = tl.load(p + 5 * N, mask=mask_n[None, :] & (base + 5 < KW), other=0) & FULL
+    w6 = tl.load(p + 6 * N, mask=mask_n[None, :] & (base + 6 < KW), other=0) & FULL
+    w7 = tl.load(p + 7 * N, mask=mask_n[None, :] & (base + 7 < KW), other=0) & FULL
+    w8 = tl.load(p + 8 * N, mask=mask_n[None, :] & (base + 8 < KW), other=0) & FULL
+    w9 = tl.load(p + 9 * N, mask=mask_n[None, :] & (base + 9 < KW), other=0) & FULL
+    w10 = tl.load(p + 10 * N, mask=mask_n[None, :] & (base + 10 < KW), other=0) & FULL
+    w11 = tl.load(p + 11 * N, mask=mask_n[None, :] & (base + 11 < KW), other=0) & FULL
+    w12 = tl.load(p + 12 * N, mask=mask_n[None, :] & (base + 12 < KW), other=0) & FULL
+    w13 = tl.load(p + 13 * N, mask=mask_n[None, :] & (base + 13 < KW), other=0) & FULL
+    u0 = ((w0 >> sh) | ((w1 << (30 - sh)) & FULL))[:, None, :]
+    u1 = ((w1 >> sh) | ((w2 << (30 - sh)) & FULL))[:, None, :]
+    u2 = ((w2 >> sh) | ((w3 << (30 - sh)) & FULL))[:, None, :]
+    u3 = ((w3 >> sh) | ((w4 << (30 - sh)) & FULL))[:, None, :]
+    u4 = ((w4 >> sh) | ((w5 << (30 - sh)) & FULL))[:, None, :]
+    u5 = ((w5 >> sh) | ((w6 << (30 - sh)) & FULL))[:, None, :]
+    u6 = ((w6 >> sh) | ((w7 << (30 - sh)) & FULL))[:, None, :]
+    u7 = ((w7 >> sh) | ((w8 << (30 - sh)) & FULL))[:, None, :]
+    u8 = ((w8 >> sh) | ((w9 << (30 - sh)) & FULL))[:, None, :]
+    u9 = ((w9 >> sh) | ((w10 << (30 - sh)) & FULL))[:, None, :]
+    u10 = ((w10 >> sh) | ((w11 << (30 - sh)) & FULL))[:, None, :]
+    u11 = ((w11 >> sh) | ((w12 << (30 - sh)) & FULL))[:, None, :]
+    u12 = ((w12 >> sh) | ((w13 << (30 - sh)) & FULL))[:, None, :]
+    # [1, BLOCK_K, BLOCK_N], reshaped at the end: the broadcast middle axis keeps a column's rows in one thread
+    i = tl.arange(0, BLOCK_K)[None, :, None]
+    word = tl.where(i < 10, u0, tl.where(i < 20, u1, tl.where(i < 30, u2, tl.where(i < 40, u3, tl.where(i < 50, u4, tl.where(i < 60, u5, tl.where(i < 70, u6, tl.where(i < 80, u7, tl.where(i < 90, u8, tl.where(i < 100, u9, tl.where(i < 110, u10, tl.where(i < 120, u11, u12))))))))))))
+    if AS_FLOAT:
+        q = _fields_f32(word, i % 10, 3)
+    else:
+        q = (word >> ((i % 10) * 3)) & 7
+    return tl.reshape(q, (BLOCK_K, offs_n.shape[0]))
+
+
+
+@triton.jit
+def decode_tile_fast(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    GS: tl.constexpr = GROUP_SIZE
+    q = _codes_np2(qweight_ptr, k0, offs_n, mask_n, N, K, BLOCK_K, False)
+    g = k0 // GS
+    gmask = (g < tl.cdiv(K, GS)) & mask_n[None, :]
+    z = _field(qzeros_ptr + g * tl.cdiv(N, 10), offs_n[None, :], 1, gmask, 3, False, 10)
+    s = tl.load(scales_ptr + g * N + offs_n[None, :], mask=gmask, other=0.0)
+    return ((_fp16_of_code(q) - _fp16_of_code(z)) * s).to(tl.float32)
+
+
+
+
+@triton.jit
+def decode_parts_fast(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, mask_n, N, K,
+BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    GS: tl.constexpr = GROUP_SIZE
+    q = _codes_np2(qweight_ptr, k0, offs_n, mask_n, N, K, BLOCK_K, True)
+    g = k0 // GS
+    gmask = (g < tl.cdiv(K, GS)) & mask_n[None, :]
+    z = _field(qzeros_ptr + g * tl.cdiv(N, 10), offs_n[None, :], 1, gmask, 3, False, 10)
+    s = tl.load(scales_ptr + g * N + offs_n[None, :], mask=gmask, other=0.0)
+    return q, s.to(tl.float32), z.to(tl.float32)
+
+
+
+
+@triton.jit
 def eqat_w3g128_b3_g128_5725a379_sm90_gemv_m1n64k128s1w4p2(
-    x_ptr, y_ptr, bias_ptr,
+    x_ptr, y_ptr, bias_ptr, ws_ptr, tickets_ptr,
     qweight_ptr,
     qzeros_ptr,
     scales_ptr,
     g_idx_ptr,
     M, N, K, K_ITERS, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, INTERPRET_BF16_WORKAROUND: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr,
     BITS: tl.constexpr,
     GROUP_SIZE: tl.constexpr,
     SYM: tl.constexpr,
@@ -97,26 +195,37 @@ def eqat_w3g128_b3_g128_5725a379_sm90_gemv_m1n64k128s1w4p2(
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, offs_k, offs_n, w_mask, N, K,
-BITS, GROUP_SIZE, SYM, 
+        q, s, z = decode_parts_fast(
+qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+BITS, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
+        xf = x.to(tl.float32)
+        acc += s * (tl.sum(xf[:, :, None] * q[None, :, :], axis=1) - z * tl.sum(xf, axis=1)[:, None])
     # epilogue
     out = acc
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     y_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(y_ptrs, out, mask=y_mask)
+        # split-K without atomics on y: each program parks its fp32 partial in the workspace, then takes a ticket
+        # for its output tile (tickets: zeros per call); the last of the tile's SPLIT_K programs sums the partials
+        # in pid_k order (deterministic), adds the bias and stores y in its dtype
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k * M * N, out, mask=y_mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket releases it (CTA barrier + gpu release)
+        tile = pid_m * tl.num_programs(0) + pid_n
+        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for part in range(0, SPLIT_K):
+                total += tl.load(ws_tile + part * M * N, mask=y_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
 _SCHEMA_PARAMS = {'bits': 3, 'group_size': 128, 'sym': False}
@@ -166,19 +275,22 @@ def run(x, tensors, N, bias=None, out=None):
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False
-    if split_k > 1:
-        y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
-    elif out is not None and not y_out_of_place:
+    if out is not None and not y_out_of_place:
         y = out.view(M, N)
-    else:
-        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    else:  # output transforms act on the split-K sum in fp32 (as the TVM launcher does), else on y in x's dtype
+        y = torch.empty((M, N), device=x.device, dtype=torch.float32 if y_out_of_place and split_k > 1 else x.dtype)
     dummy = x2
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
+    if split_k > 1:
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+        tickets = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32)
+    else:
+        ws = tickets = dummy
     eqat_w3g128_b3_g128_5725a379_sm90_gemv_m1n64k128s1w4p2[grid](
-        x2, y, bias if bias is not None else dummy,
+        x2, y, bias if bias is not None else dummy, ws, tickets,
 t.get('qweight', dummy), t.get('qzeros', dummy), t.get('scales', dummy), t.get('g_idx', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRETED=_INTERPRETED,
 BITS=BITS, GROUP_SIZE=GROUP_SIZE, SYM=SYM, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

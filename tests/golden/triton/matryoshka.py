@@ -2,7 +2,7 @@
 # kernel:   matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2
 # format:   matryoshka   spec key: 4f15f60e02660ae36156d490d7495a7f2b8d0b03d6aa5b5a3815a76abb0cc490
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 26afdb5b357c5902
+# arch:     sm90   family: gemv   template hash: c84e1eb9fcbac70d
 """matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `matryoshka` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -68,13 +68,78 @@ FIELDS_PER_WORD: tl.constexpr, GROUP_SIZE: tl.constexpr, PARENT_BITS: tl.constex
 
 
 @triton.jit
+def _fp16_of_code(q):
+    """1024 + q as float16 for an int32 code 0 <= q < 1024, built by bits (0x6400 is 1024.0) instead of an
+    int->float conversion; the difference of two such values is q1 - q2 exactly (twin: ir.bitpack.magic_u2f)."""
+    return (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def decode_tile_fast(qweight_ptr, scales_ptr, zeros_ptr, k0, offs_n, mask_n, N, K,
+FIELDS_PER_WORD: tl.constexpr, GROUP_SIZE: tl.constexpr, PARENT_BITS: tl.constexpr, R: tl.constexpr, SYM: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 8
+    rows = k0 // PER + tl.arange(0, BLOCK_K // PER)
+    words = tl.load(qweight_ptr + rows[:, None] * N + offs_n[None, :],
+                    mask=(rows[:, None] < K // PER) & mask_n[None, :], other=0)
+    shifts = tl.arange(0, PER) * 4
+    q = tl.reshape((words[:, None, :] >> shifts[None, :, None]) & 15, (BLOCK_K, BLOCK_N))
+    if GROUP_SIZE % BLOCK_K == 0:
+        g = k0 // GROUP_SIZE + tl.zeros((1, BLOCK_N), dtype=tl.int32)
+    else:
+        g = ((k0 + tl.arange(0, BLOCK_K)) // GROUP_SIZE)[:, None]
+    gmask = (g < K // GROUP_SIZE) & mask_n[None, :]  # tail rows past K may index a group past the last
+    z = tl.load(zeros_ptr + g * N + offs_n[None, :], mask=gmask, other=0).to(tl.int32)
+    s = tl.load(scales_ptr + g * N + offs_n[None, :], mask=gmask, other=0.0)
+    return ((_fp16_of_code(q << 4) - _fp16_of_code(z)) * s).to(tl.float32)
+
+
+
+
+@triton.jit
+def _fields_f32(words, slot, BITS: tl.constexpr):
+    """Float32 of the BITS-wide field `slot` of LSB-first int32 words, exact and without an int->float
+    conversion (those run at a quarter of the LOP3/FFMA rate on sm80/sm90): the field stays at its bit
+    position p (the word is shifted right 16 first if the field would reach the float exponent), one LOP3
+    keeps it and sets the exponent bits of 2**23 ((w | E) & (mask | E) == (w & mask) | E), which reads as
+    2**23 + q * 2**p; one FFMA by 2**-p minus 2**(23 - p) leaves q. Twin: ir.bitpack.magic_u2f."""
+    pos = slot * BITS
+    sh = tl.where(pos + BITS > 23, 16, 0)
+    p = pos - sh
+    f = ((words >> sh) | 0x4B000000) & ((((1 << BITS) - 1) << p) | 0x4B000000)
+    return f.to(tl.float32, bitcast=True) * (1.0 / (1 << p).to(tl.float32)) - (1 << (23 - p)).to(tl.float32)
+
+
+@triton.jit
+def part_field(words, j: tl.constexpr):
+    """Field j of each word as float32 (exact, no int->float convert)."""
+    return _fields_f32(words, j, 4)
+
+
+@triton.jit
+def decode_parts_fast(qweight_ptr, scales_ptr, zeros_ptr, k0, offs_n, mask_n, N, K,
+FIELDS_PER_WORD: tl.constexpr, GROUP_SIZE: tl.constexpr, PARENT_BITS: tl.constexpr, R: tl.constexpr, SYM: tl.constexpr,                BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 8
+    rows = k0 // PER + tl.arange(0, BLOCK_K // PER)
+    words = tl.load(qweight_ptr + rows[:, None] * N + offs_n[None, :],
+                    mask=(rows[:, None] < K // PER) & mask_n[None, :], other=0)
+    # the gemv's field-by-field form (parts_k_per): the raw words; s and z as [BLOCK_N] vectors expanded after the load
+    g = k0 // GROUP_SIZE
+    gmask = (g < K // GROUP_SIZE) & mask_n
+    z = tl.load(zeros_ptr + g * N + offs_n, mask=gmask, other=0).to(tl.float32)
+    s = tl.load(scales_ptr + g * N + offs_n, mask=gmask, other=0.0).to(tl.float32)
+    return words, (s * 16.0)[None, :], (z * 0.0625)[None, :]
+
+
+
+
+@triton.jit
 def matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2(
-    x_ptr, y_ptr, bias_ptr,
+    x_ptr, y_ptr, bias_ptr, ws_ptr, tickets_ptr,
     qweight_ptr,
     scales_ptr,
     zeros_ptr,
     M, N, K, K_ITERS, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, INTERPRET_BF16_WORKAROUND: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr,
     FIELDS_PER_WORD: tl.constexpr,
     GROUP_SIZE: tl.constexpr,
     PARENT_BITS: tl.constexpr,
@@ -89,32 +154,52 @@ def matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    PER: tl.constexpr = 8
+    acc2 = tl.zeros((BLOCK_K // PER, BLOCK_N), dtype=tl.float32)  # block_m == 1: 2-D only (3-D broke the layout)
     # split-K: program pid_k reduces K_ITERS consecutive BLOCK_K slices (K_ITERS computed on the host)
     k_lo = pid_k * (K_ITERS * BLOCK_K)
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w_mask = mask_k[:, None] & mask_n[None, :]
-        w = decode_tile(
-qweight_ptr, scales_ptr, zeros_ptr, offs_k, offs_n, w_mask, N, K,
-FIELDS_PER_WORD, GROUP_SIZE, PARENT_BITS, R, SYM, 
+        q, s, z = decode_parts_fast(
+qweight_ptr, scales_ptr, zeros_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+FIELDS_PER_WORD, GROUP_SIZE, PARENT_BITS, R, SYM, BLOCK_K, BLOCK_N,
         )
-        w = tl.where(w_mask, w, 0.0)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
+        # x per field j: [BLOCK_K / PER, 1] at k = k0 + r * PER + j (see part_field); the one row offs_m[0]
+        k3 = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K // PER)[:, None] * PER
+        x_row = x_ptr + pid_m * stride_xm
+        x_mask = (k3 < K) & (pid_m < M)  # K is a multiple of PER (whole words), so k3 < K covers all PER fields
+        t = tl.zeros((BLOCK_K // PER, BLOCK_N), dtype=tl.float32)
+        xs = tl.zeros((BLOCK_K // PER, 1), dtype=tl.float32)
+        for j in tl.static_range(PER):
+            xj = tl.load(x_row + k3 + j, mask=x_mask, other=0.0).to(tl.float32)
+            t += xj * part_field(q, j)
+            xs += xj
+        acc2 += s * (t - z * xs)
+    acc = tl.sum(acc2, axis=0)[None, :]
     # epilogue
     out = acc
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     y_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(y_ptrs, out, mask=y_mask)
+        # split-K without atomics on y: each program parks its fp32 partial in the workspace, then takes a ticket
+        # for its output tile (tickets: zeros per call); the last of the tile's SPLIT_K programs sums the partials
+        # in pid_k order (deterministic), adds the bias and stores y in its dtype
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k * M * N, out, mask=y_mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket releases it (CTA barrier + gpu release)
+        tile = pid_m * tl.num_programs(0) + pid_n
+        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for part in range(0, SPLIT_K):
+                total += tl.load(ws_tile + part * M * N, mask=y_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
 _SCHEMA_PARAMS = {'fields_per_word': 8, 'group_size': 128, 'parent_bits': 8, 'r': 4, 'sym': False}
@@ -164,19 +249,22 @@ def run(x, tensors, N, bias=None, out=None):
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False
-    if split_k > 1:
-        y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
-    elif out is not None and not y_out_of_place:
+    if out is not None and not y_out_of_place:
         y = out.view(M, N)
-    else:
-        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    else:  # output transforms act on the split-K sum in fp32 (as the TVM launcher does), else on y in x's dtype
+        y = torch.empty((M, N), device=x.device, dtype=torch.float32 if y_out_of_place and split_k > 1 else x.dtype)
     dummy = x2
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
+    if split_k > 1:
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+        tickets = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32)
+    else:
+        ws = tickets = dummy
     matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2[grid](
-        x2, y, bias if bias is not None else dummy,
+        x2, y, bias if bias is not None else dummy, ws, tickets,
 t.get('qweight', dummy), t.get('scales', dummy), t.get('zeros', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRETED=_INTERPRETED,
 FIELDS_PER_WORD=FIELDS_PER_WORD, GROUP_SIZE=GROUP_SIZE, PARENT_BITS=PARENT_BITS, R=R, SYM=SYM, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

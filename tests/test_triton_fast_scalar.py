@@ -1,0 +1,137 @@
+"""Fast decode paths of the matryoshka, ccq and eqat (3-bit, 10 fields per word) Triton decodes (decode_tile_fast / decode_parts_fast).
+
+They decode without int->float conversions (exponent tricks) and, for CCQ's affine code map, emulate
+floor() by rounding under 1.5 * 2**23 plus a correction. Checked here (CPU: TRITON_INTERPRET=1, set by conftest):
+- the decoded tile bit-exactly: with x = the identity, y[k, n] = W[n, k]. In the gemm family that is
+  decode_tile_fast's tile; in the gemv family it is decode_parts_fast's (q - z) * s, which is exact too: every
+  product there has at most 21 significant bits, so the fp32 product rounds only when stored in x's dtype;
+- the floor emulation on code-map inputs that hit ties (y an integer, y + 0.5 an integer) and negative codes;
+- whole kernels at non-default options against the reference (gemv parts / gemv tile / gemm)."""
+import os
+
+import pytest
+import torch
+
+import ir
+from ir.tensor import QuantizedTensor
+from kernel_harness import REL_TOL, check_kernel, kernel_module
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _quantized(fmt, rows, cols, **options):
+    spec = ir.get_format(fmt, **options)
+    W = torch.randn(rows, cols, generator=torch.Generator().manual_seed(5)) * 0.05
+    return ir.quantize(spec, W)
+
+
+def _cfg(block_m, block_n, block_k, split_k=1):
+    return ir.KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k, num_warps=4,
+                           num_stages=1)
+
+
+def _identity_run(qt, family, cfg, dtype):
+    N, K = qt.shape
+    mod = kernel_module(qt.spec, family, K, N, K, cfg)
+    assert hasattr(mod, "decode_tile_fast")
+    if family == "gemv":
+        assert hasattr(mod, "decode_parts_fast")
+    x = torch.eye(K, dtype=dtype, device=DEVICE)
+    y = mod.run(x, {k: v.to(DEVICE) for k, v in qt.tensors.items()}, N)
+    return y.cpu().float(), ir.dequantize(qt).t().to(dtype).float()
+
+
+EXACT = [
+    ("matryoshka", dict(), torch.float16),
+    ("matryoshka", dict(r=2, group_size=64), torch.float16),
+    ("matryoshka", dict(r=8, group_size=32, sym=True), torch.float16),
+    ("ccq_wint2", dict(), torch.float16),
+    pytest.param("ccq_wint2", dict(scale_dtype="bfloat16"), torch.bfloat16, marks=pytest.mark.skipif(
+        INTERPRETED, reason="triton 3.6's interpreter truncates fp32 -> bf16 (the GPU rounds to nearest even)")),
+    ("ccq", dict(code_map="table"), torch.float16),
+    ("ccq", dict(L=4, N=4, S=2, clustered=False), torch.float16),      # identity map, int16 container
+    ("ccq", dict(L=5, N=2, S=4, group_size=32), torch.float16),       # seq_len 2
+    ("eqat_w3g128", dict(), torch.float16),                           # tiles start at fields 0, 4, 8, 2, 6
+    ("eqat", dict(bits=3, group_size=64), torch.float16),
+]
+
+
+@pytest.mark.parametrize("family", ["gemm", "gemv"])
+@pytest.mark.parametrize("fmt, options, dtype", EXACT)
+def test_decoded_tile_is_exact(fmt, options, dtype, family):
+    qt = _quantized(fmt, 48, 640, **options)
+    gs = qt.spec.param("group_size")
+    bk = 64 if family == "gemm" else min(64, gs)  # gemm: tiles may span groups (group 32)
+    y, ref = _identity_run(qt, family, _cfg(16, 16, bk, split_k=2), dtype)
+    assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize("family", ["gemm", "gemv"])
+@pytest.mark.parametrize("block_k", [64, 128])
+def test_wint2_5_tile_is_exact(family, block_k):
+    """Whole 64-row groups per tile: one (gemv: scale factored out) or two (gemv: scaled values, s = 1)."""
+    qt = _quantized("ccq_wint2_5", 48, 384)
+    y, ref = _identity_run(qt, family, _cfg(16, 16, block_k), torch.float16)
+    assert torch.equal(y, ref)
+
+
+def test_affine_code_map_floor_ties_and_negative_codes():
+    """code_scale 0.5 makes fma(z, cs, cz) + 0.5 an integer for every odd z and a half-integer for every even z;
+    offsets of -40.25 / -3.0 give negative codes (all-ones windows under the arithmetic shift)."""
+    qt = _quantized("ccq_wint2", 48, 256)
+    t = dict(qt.tensors)
+    N = qt.shape[0]
+    t["weight"] = torch.arange(t["weight"].numel(), dtype=torch.int64).reshape(t["weight"].shape).remainder(256).to(torch.uint8)
+    t["code_scale"] = torch.tensor([0.5, 0.25, 1.0, 3.0] * (N // 4), dtype=torch.float32)
+    t["code_zp"] = torch.tensor([0.0, -40.25, 0.5, -3.0] * (N // 4), dtype=torch.float32)
+    qt2 = QuantizedTensor(qt.spec, qt.shape, t)
+    for family in ("gemm", "gemv"):
+        y, ref = _identity_run(qt2, family, _cfg(16, 16, 64), torch.float16)
+        assert torch.equal(y, ref), family
+
+
+CASES = [
+    ("matryoshka", dict()),
+    ("matryoshka", dict(r=2, group_size=32)),           # tiles of 64 span two groups
+    ("ccq_wint2", dict()),
+    pytest.param("ccq_wint2", dict(scale_dtype="bfloat16"), marks=pytest.mark.skipif(
+        INTERPRETED, reason="the interpreter's truncating fp32 -> bf16 biases the bf16 tile past the fp16 tolerance")),
+    ("ccq", dict(code_map="table")),
+    ("ccq_wint2_5", dict()),
+    ("eqat_w3g128", dict()),
+    ("eqat", dict(bits=3, group_size=-1)),              # K = 384: the last word holds 4 of its 10 fields
+]
+CONFIGS = {
+    "gemv_parts": ("gemv", 1, _cfg(1, 32, 32, split_k=2)),
+    "gemv_tile": ("gemv", 3, _cfg(4, 16, 128)),
+    "gemm": ("gemm", 16, _cfg(16, 32, 64, split_k=2)),
+}
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("fmt, options", CASES)
+def test_kernel_options(fmt, options, config, gen):
+    qt = _quantized(fmt, 40, 384, **options)
+    family, M, cfg = CONFIGS[config]
+    mod = kernel_module(qt.spec, family, M, 40, 384, cfg)
+    assert hasattr(mod, "decode_tile_fast") or (fmt == "ccq_wint2_5" and cfg.block_k % 64)
+    for dtype in (torch.float16, torch.bfloat16):
+        err = check_kernel(mod, qt, M, dtype, gen, bias=True, device=DEVICE)
+        assert err < REL_TOL[dtype], f"{fmt} {options} {config} {dtype}: rel err {err:.2e}"
+
+
+def test_fast_paths_only_where_they_apply():
+    """matryoshka r = 3 / 6 (10 / 5 fields per word) and CCQ code words over 22 bits keep the generic decode;
+    the factorized gemv form needs one group per tile."""
+    def has(fmt, options, name, block_k=64):
+        spec = ir.get_format(fmt, **options)
+        return hasattr(kernel_module(spec, "gemv", 1, 48, 768, _cfg(1, 16, block_k)), name)
+    assert not has("matryoshka", dict(r=3), "decode_tile_fast")
+    assert has("matryoshka", dict(r=4, group_size=64), "decode_parts_fast")
+    assert not has("matryoshka", dict(r=4, group_size=32), "decode_parts_fast")
+    assert not has("ccq", dict(L=8, N=4, S=5, clustered=True), "decode_tile_fast")  # 23-bit code word
+    assert not has("ccq", dict(group_size=96), "decode_parts_fast")   # a 64-row tile would span two groups
+    assert not has("eqat", dict(bits=3, group_size=96), "decode_tile_fast")
+    assert has("eqat", dict(bits=3, group_size=128), "decode_parts_fast")
+    assert not has("ccq_wint2_5", dict(), "decode_tile_fast", block_k=32)  # tiles of whole 64-row groups only
