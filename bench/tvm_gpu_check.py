@@ -45,6 +45,15 @@ def check_folder(folder: Path, batches: list[int] | None, dev: torch.device) -> 
     manifest = json.loads((folder / "manifest.json").read_text())
     spec = ir.FormatSpec.from_dict(manifest["spec"])
     rows = []
+    problems = {}   # (N, K) -> (stored tensors on dev, W float64): one synthetic problem per shape
+
+    def problem(N, K):
+        if (N, K) not in problems:
+            qt = synthetic_quantized(spec, N, K, seed=N + K)
+            problems[(N, K)] = qt, ir.dequantize(qt, device=dev).to(torch.float64), \
+                {k: v.to(dev) for k, v in qt.tensors.items()}
+        return problems[(N, K)]
+
     for entry in (k for k in manifest["kernels"] if k["backend"] == "tvm"):
         kern = load(folder, entry["name"])
         for case in entry["cases"]:
@@ -55,9 +64,7 @@ def check_folder(folder: Path, batches: list[int] | None, dev: torch.device) -> 
                    "config": entry["config"], "schedule": entry["launch"]["schedule"],
                    "resources": entry["launch"]["resources"]["float16"]}
             try:
-                qt = synthetic_quantized(spec, N, K, seed=N + K)
-                W = ir.dequantize(qt, device=dev).to(torch.float64)
-                tensors = {k: v.to(dev) for k, v in qt.tensors.items()}
+                qt, W, tensors = problem(N, K)
                 g = torch.Generator(device=dev).manual_seed(M)
                 for dtype in (torch.float16, torch.bfloat16):
                     x = (torch.randn(M, K, device=dev, generator=g) * 0.5).to(dtype)
@@ -105,9 +112,9 @@ def main(argv=None) -> int:
     rows = []
     for folder in args.folders:
         rows += check_folder(folder, args.batches, dev)
-    if args.out:
-        Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                                              "rows": rows}, indent=1))
+        if args.out:   # after every folder, so a run cut short still leaves what it measured
+            Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                                                  "rows": rows}, indent=1))
     print(f"{'format':16s} {'N x K':>11s} {'M':>4s} {'err f16':>8s} {'err bf16':>8s} {'TVM us':>8s} {'eager':>7s} "
           f"{'Triton us':>9s} {'fp16 us':>8s} {'TVM TB/s':>8s}  kernel")
     for r in rows:
