@@ -97,6 +97,13 @@ def _shift_decode(spec: FormatSpec) -> bool:
             and spec.decode.kind in ("affine", "lut"))
 
 
+def _pair_decode(spec: FormatSpec) -> bool:
+    """The gptq / eqat 2- and 4-bit codes whose gemm tiles the templates build two fields per instruction,
+    N-major, straight into the MMA operand (decode_tile_nk_fast): light tiles that want 4 warps."""
+    return (spec.family in ("gptq", "eqat") and spec.decode.kind == "affine" and spec.decode.bits in (2, 4)
+            and _shift_decode(spec) and not spec.param("desc_act", False))
+
+
 def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | Arch) -> KernelConfig:
     """A deterministic, legal config when the tuning database has no entry.
 
@@ -111,7 +118,10 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
       128-wide N tiles, no swap, 3 stages. With more 64-wide N tiles than SMs (N >= 8448), the winners
       split to ~8 programs per SM, with block_k 64 where the storage words allow it.
     - M>16 (gemm): 64-wide N tiles, swap_ab, split-K to ~1 program per SM; with 128-row tiles (M > 64),
-      8 warps and 3 stages for the int32-word affine and the table formats (22 of 33 winners use 8 warps)."""
+      8 warps and 3 stages for the int32-word affine and the table formats (22 of 33 winners use 8 warps).
+    Session 3 (the gptq / eqat 2- and 4-bit pair decode, `_pair_decode`; 72 + 72 re-tuned entries): those
+    keep block_k 128 and ~2 programs per SM at M <= 16 (winners m16n64k128, split 2-4) and 4 warps, 3 stages,
+    swap at M > 64 (int4 8192x28672 M=128: 8 warps 286 us, 4 warps 168 us)."""
     a = get_arch(arch) if isinstance(arch, str) else arch
     M, N, K = problem
     group = spec.param("group_size", spec.param("blocksize", 0))  # the scale group along K
@@ -137,7 +147,7 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
     stages, warps = 2, 4
     if block_m <= 16:
         target = 2 * a.sms
-        if fast and tiles >= a.sms:
+        if fast and tiles >= a.sms and not _pair_decode(spec):
             target = 8 * a.sms
             if block_k == 128 and 64 % word_atom_k(spec) == 0:
                 block_k = 64
@@ -150,7 +160,9 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
     else:
         target = a.sms
         swap = True
-        if fast and block_m == 128 and (spec.decode.kind == "lut" or spec.packing.word_dtype in ("int32", "uint32")):
+        if _pair_decode(spec):
+            stages = 3
+        elif fast and block_m == 128 and (spec.decode.kind == "lut" or spec.packing.word_dtype in ("int32", "uint32")):
             stages, warps = 3, 8
     split = _fill_split(tiles, K, block_k, target)
     return KernelConfig(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split, num_warps=warps,

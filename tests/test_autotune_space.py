@@ -144,9 +144,11 @@ def test_default_config_follows_the_h100_database():
     assert d(gptq, 1, 4096, 4096) == "m1n128k128s16w4p3"          # the M=1 winner
     assert d(gptq, 2, 4096, 4096).startswith("m2n128k128")        # gemv rows: M's next power of two
     assert d(gptq, 16, 4096, 4096) == "m16n64k128s8w4p3t"         # swap, 3 stages, ~2 programs per SM
-    assert d(gptq, 16, 28672, 8192) == "m16n64k64s4w4p3t"         # more N tiles than SMs: k64, ~8 per SM
+    assert d(gptq, 16, 28672, 8192) == "m16n64k128s1w4p3t"        # pair decode: k128, ~2 programs per SM
+    assert d(int3, 16, 28672, 8192).startswith("m16n64k128")      # (int3 is not shift-decoded: no k64 rule)
     assert d(gptq, 32, 4096, 4096).startswith("m32n64")           # no tile rows beyond M's power of two
-    assert d(gptq, 128, 4096, 4096) == "m128n64k128s4w8p3t"       # 8 warps, 3 stages
+    assert d(gptq, 128, 4096, 4096) == "m128n64k128s4w4p3t"       # pair decode: 4 warps, 3 stages, swap
+    assert d(gptq, 128, 8192, 28672) == "m128n64k128s2w4p3t"      # the session-3 winner
     assert d(bnb, 16, 8192, 28672) == "m16n128k64s4w4p3"          # table decode: 128-wide N tiles, no swap
     assert d(bnb, 128, 4096, 4096) == "m128n64k64s4w8p3t"
     # gathered-load decodes keep 2 stages and no swap at M <= 16 (3 stages overflowed shared memory)

@@ -2,7 +2,7 @@
 # kernel:   autoround_b4_g128_sym_75539079_sm90_gemv_m1n64k128s1w4p2
 # format:   autoround   spec key: 755390793d37131d0cd1c1f093a2af811347fd220db5a5bf335a833c8c151800
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 5fa6f0175aff9e60
+# arch:     sm90   family: gemv   template hash: cdaff2773fc13f76
 """autoround_b4_g128_sym_75539079_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `autoround` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -122,6 +122,12 @@ def _fields_f32(words, slot, BITS: tl.constexpr):
 
 
 @triton.jit
+def part_field(words, j: tl.constexpr):
+    """Field j of each word as float32 (exact, no int->float convert)."""
+    return _fields_f32(words, j, 4)
+
+
+@triton.jit
 def decode_parts_fast(qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k0, offs_n, mask_n, N, K,
 BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.constexpr,                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     PER: tl.constexpr = 8
@@ -129,28 +135,28 @@ BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.co
     rows = k0 // PER + tl.arange(0, BLOCK_K // PER)
     words = tl.load(qweight_ptr + rows[:, None] * N + offs_n[None, :],
                     mask=(rows[:, None] < K // PER) & mask_n[None, :], other=0)
-    q = _fields_f32(words[:, None, :], tl.arange(0, PER)[None, :, None], 4)
-    q = tl.reshape(q, (BLOCK_K, BLOCK_N))
+    # s and z load as [BLOCK_N] vectors, expanded after the load: loaded as [1, BLOCK_N] they took a layout of
+    # their own that triton then imposed on the whole product (x loaded once per column, 4x the loads)
     g = k0 // GS
-    gmask = (g < tl.cdiv(K, GS)) & mask_n[None, :]
-    zw = tl.load(qzeros_ptr + g * tl.cdiv(N, PER) + offs_n[None, :] // PER, mask=gmask, other=0)
-    z = (zw >> ((offs_n[None, :] % PER) * 4)) & 15
+    gmask = (g < tl.cdiv(K, GS)) & mask_n
+    zw = tl.load(qzeros_ptr + g * tl.cdiv(N, PER) + offs_n // PER, mask=gmask, other=0)
+    z = (zw >> ((offs_n % PER) * 4)) & 15
     z = (z + 1) & 15
-    s = tl.load(scales_ptr + g * N + offs_n[None, :], mask=gmask, other=0.0).to(tl.float32)
-    return q, s, z.to(tl.float32)
+    s = tl.load(scales_ptr + g * N + offs_n, mask=gmask, other=0.0).to(tl.float32)
+    return words, s[None, :], z.to(tl.float32)[None, :]
 
 
 
 
 @triton.jit
 def autoround_b4_g128_sym_75539079_sm90_gemv_m1n64k128s1w4p2(
-    x_ptr, y_ptr, bias_ptr,
+    x_ptr, y_ptr, bias_ptr, ws_ptr, tickets_ptr,
     qweight_ptr,
     qzeros_ptr,
     scales_ptr,
     g_idx_ptr,
     M, N, K, K_ITERS, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, INTERPRET_BF16_WORKAROUND: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr,
     BITS: tl.constexpr,
     DESC_ACT: tl.constexpr,
     GROUP_SIZE: tl.constexpr,
@@ -164,7 +170,8 @@ def autoround_b4_g128_sym_75539079_sm90_gemv_m1n64k128s1w4p2(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    PER: tl.constexpr = 8
+    acc2 = tl.zeros((BLOCK_K // PER, BLOCK_N), dtype=tl.float32)  # block_m == 1: 2-D only (3-D broke the layout)
     # split-K: program pid_k reduces K_ITERS consecutive BLOCK_K slices (K_ITERS computed on the host)
     k_lo = pid_k * (K_ITERS * BLOCK_K)
     for it in range(0, K_ITERS):
@@ -174,21 +181,41 @@ def autoround_b4_g128_sym_75539079_sm90_gemv_m1n64k128s1w4p2(
 qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
 BITS, DESC_ACT, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         )
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        xf = x.to(tl.float32)
-        acc += s * (tl.sum(xf[:, :, None] * q[None, :, :], axis=1) - z * tl.sum(xf, axis=1)[:, None])
+        # x per field j: [BLOCK_K / PER, 1] at k = k0 + r * PER + j (see part_field); the one row offs_m[0]
+        k3 = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K // PER)[:, None] * PER
+        x_row = x_ptr + pid_m * stride_xm
+        x_mask = (k3 < K) & (pid_m < M)  # K is a multiple of PER (whole words), so k3 < K covers all PER fields
+        t = tl.zeros((BLOCK_K // PER, BLOCK_N), dtype=tl.float32)
+        xs = tl.zeros((BLOCK_K // PER, 1), dtype=tl.float32)
+        for j in tl.static_range(PER):
+            xj = tl.load(x_row + k3 + j, mask=x_mask, other=0.0).to(tl.float32)
+            t += xj * part_field(q, j)
+            xs += xj
+        acc2 += s * (t - z * xs)
+    acc = tl.sum(acc2, axis=0)[None, :]
     # epilogue
     out = acc
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     y_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(y_ptrs, out, mask=y_mask)
+        # split-K without atomics on y: each program parks its fp32 partial in the workspace, then takes a ticket
+        # for its output tile (tickets: zeros per call); the last of the tile's SPLIT_K programs sums the partials
+        # in pid_k order (deterministic), adds the bias and stores y in its dtype
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k * M * N, out, mask=y_mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket releases it (CTA barrier + gpu release)
+        tile = pid_m * tl.num_programs(0) + pid_n
+        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for part in range(0, SPLIT_K):
+                total += tl.load(ws_tile + part * M * N, mask=y_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
 _SCHEMA_PARAMS = {'bits': 4, 'desc_act': False, 'group_size': 128, 'sym': True}
@@ -238,19 +265,22 @@ def run(x, tensors, N, bias=None, out=None):
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False
-    if split_k > 1:
-        y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
-    elif out is not None and not y_out_of_place:
+    if out is not None and not y_out_of_place:
         y = out.view(M, N)
-    else:
-        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    else:  # output transforms act on the split-K sum in fp32 (as the TVM launcher does), else on y in x's dtype
+        y = torch.empty((M, N), device=x.device, dtype=torch.float32 if y_out_of_place and split_k > 1 else x.dtype)
     dummy = x2
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
+    if split_k > 1:
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+        tickets = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32)
+    else:
+        ws = tickets = dummy
     autoround_b4_g128_sym_75539079_sm90_gemv_m1n64k128s1w4p2[grid](
-        x2, y, bias if bias is not None else dummy,
+        x2, y, bias if bias is not None else dummy, ws, tickets,
 t.get('qweight', dummy), t.get('qzeros', dummy), t.get('scales', dummy), t.get('g_idx', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRETED=_INTERPRETED,
 BITS=BITS, DESC_ACT=DESC_ACT, GROUP_SIZE=GROUP_SIZE, SYM=SYM, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

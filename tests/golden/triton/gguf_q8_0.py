@@ -2,7 +2,7 @@
 # kernel:   gguf_q8_0_a35e8393_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q8_0   spec key: a35e83931f6887c756f4f41ad56d55f5284441a445e64d958cd7f476e8932d56
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a93c254e56054bca
+# arch:     sm90   family: gemv   template hash: 28907a7bafc5d512
 """gguf_q8_0_a35e8393_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q8_0` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -90,10 +90,10 @@ BLOCK_SIZE: tl.constexpr, TYPE_SIZE: tl.constexpr,                      BLOCK_K:
 
 @triton.jit
 def gguf_q8_0_a35e8393_sm90_gemv_m1n64k128s1w4p2(
-    x_ptr, y_ptr, bias_ptr,
+    x_ptr, y_ptr, bias_ptr, ws_ptr, tickets_ptr,
     blocks_ptr,
     M, N, K, K_ITERS, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, INTERPRET_BF16_WORKAROUND: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     TYPE_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -120,15 +120,27 @@ BLOCK_SIZE, TYPE_SIZE, BLOCK_K, BLOCK_N,
         acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
     # epilogue
     out = acc
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     y_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(y_ptrs, out, mask=y_mask)
+        # split-K without atomics on y: each program parks its fp32 partial in the workspace, then takes a ticket
+        # for its output tile (tickets: zeros per call); the last of the tile's SPLIT_K programs sums the partials
+        # in pid_k order (deterministic), adds the bias and stores y in its dtype
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k * M * N, out, mask=y_mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket releases it (CTA barrier + gpu release)
+        tile = pid_m * tl.num_programs(0) + pid_n
+        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for part in range(0, SPLIT_K):
+                total += tl.load(ws_tile + part * M * N, mask=y_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
 _SCHEMA_PARAMS = {'block_size': 32, 'type_size': 34}
@@ -181,19 +193,22 @@ def run(x, tensors, N, bias=None, out=None):
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False
-    if split_k > 1:
-        y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
-    elif out is not None and not y_out_of_place:
+    if out is not None and not y_out_of_place:
         y = out.view(M, N)
-    else:
-        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    else:  # output transforms act on the split-K sum in fp32 (as the TVM launcher does), else on y in x's dtype
+        y = torch.empty((M, N), device=x.device, dtype=torch.float32 if y_out_of_place and split_k > 1 else x.dtype)
     dummy = x2
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
+    if split_k > 1:
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+        tickets = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32)
+    else:
+        ws = tickets = dummy
     gguf_q8_0_a35e8393_sm90_gemv_m1n64k128s1w4p2[grid](
-        x2, y, bias if bias is not None else dummy,
+        x2, y, bias if bias is not None else dummy, ws, tickets,
 t.get('blocks', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRETED=_INTERPRETED,
 BLOCK_SIZE=BLOCK_SIZE, TYPE_SIZE=TYPE_SIZE, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],

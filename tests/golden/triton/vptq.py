@@ -2,7 +2,7 @@
 # kernel:   vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v8_k65536_256   spec key: b6891de46598baf76f4918c54a5bd30009a14a08ecc9a91ab4f0a413ea8a8ff2
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: aab1054b4c40750e
+# arch:     sm90   family: gemv   template hash: 17abe0d7397a2aa1
 """vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v8_k65536_256` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -121,7 +121,7 @@ GROUP_SIZE, INDEX_BITS, NORM, NUM_CENTROIDS, NUM_OUTLIER_CENTROIDS, NUM_RES_CENT
 
 @triton.jit
 def vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2(
-    x_ptr, y_ptr, bias_ptr,
+    x_ptr, y_ptr, bias_ptr, ws_ptr, tickets_ptr,
     centroids_ptr,
     indices_ptr,
     res_centroids_ptr,
@@ -129,7 +129,7 @@ def vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2(
     weight_scale_ptr,
     weight_bias_ptr,
     M, N, K, K_ITERS, stride_xm, stride_ym,
-    HAS_BIAS: tl.constexpr, INTERPRET_BF16_WORKAROUND: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INTERPRETED: tl.constexpr,
     GROUP_SIZE: tl.constexpr,
     INDEX_BITS: tl.constexpr,
     NORM: tl.constexpr,
@@ -166,15 +166,27 @@ GROUP_SIZE, INDEX_BITS, NORM, NUM_CENTROIDS, NUM_OUTLIER_CENTROIDS, NUM_RES_CENT
         acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
     # epilogue
     out = acc
-    if HAS_BIAS:
-        if pid_k == 0:
-            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
     y_mask = mask_m[:, None] & mask_n[None, :]
     if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.atomic_add(y_ptrs, out, mask=y_mask)
+        # split-K without atomics on y: each program parks its fp32 partial in the workspace, then takes a ticket
+        # for its output tile (tickets: zeros per call); the last of the tile's SPLIT_K programs sums the partials
+        # in pid_k order (deterministic), adds the bias and stores y in its dtype
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(ws_tile + pid_k * M * N, out, mask=y_mask)
+        tl.debug_barrier()  # every thread's partial is written before the ticket releases it (CTA barrier + gpu release)
+        tile = pid_m * tl.num_programs(0) + pid_n
+        if tl.atomic_add(tickets_ptr + tile, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for part in range(0, SPLIT_K):
+                total += tl.load(ws_tile + part * M * N, mask=y_mask, other=0.0, cache_modifier=".cg")
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
 _SCHEMA_PARAMS = {'group_size': -1, 'index_bits': 16, 'norm': True, 'num_centroids': 65536, 'num_outlier_centroids': 0, 'num_res_centroids': 256, 'outlier_size': 0, 'outlier_vector_len': 0, 'packed': True, 'perm': True, 'res_bits': 8, 'vector_len': 8}
@@ -242,19 +254,22 @@ def run(x, tensors, N, bias=None, out=None):
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False
-    if split_k > 1:
-        y = torch.zeros((M, N), device=x.device, dtype=torch.float32)
-    elif out is not None and not y_out_of_place:
+    if out is not None and not y_out_of_place:
         y = out.view(M, N)
-    else:
-        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    else:  # output transforms act on the split-K sum in fp32 (as the TVM launcher does), else on y in x's dtype
+        y = torch.empty((M, N), device=x.device, dtype=torch.float32 if y_out_of_place and split_k > 1 else x.dtype)
     dummy = x2
     grid = (triton.cdiv(N, CONFIG["block_n"]), split_k, triton.cdiv(M, CONFIG["block_m"]))
+    if split_k > 1:
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+        tickets = torch.zeros(grid[0] * grid[2], device=x.device, dtype=torch.int32)
+    else:
+        ws = tickets = dummy
     vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2[grid](
-        x2, y, bias if bias is not None else dummy,
+        x2, y, bias if bias is not None else dummy, ws, tickets,
 t.get('centroids', dummy), t.get('indices', dummy), t.get('res_centroids', dummy), t.get('perm', dummy), t.get('weight_scale', dummy), t.get('weight_bias', dummy), 
         M, N, K, triton.cdiv(K, split_k * CONFIG["block_k"]), x2.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRET_BF16_WORKAROUND=_INTERPRETED,
+        HAS_BIAS=bias is not None and not y_out_of_place, INTERPRETED=_INTERPRETED,
 GROUP_SIZE=GROUP_SIZE, INDEX_BITS=INDEX_BITS, NORM=NORM, NUM_CENTROIDS=NUM_CENTROIDS, NUM_OUTLIER_CENTROIDS=NUM_OUTLIER_CENTROIDS, NUM_RES_CENTROIDS=NUM_RES_CENTROIDS, OUTLIER_SIZE=OUTLIER_SIZE, OUTLIER_VECTOR_LEN=OUTLIER_VECTOR_LEN, PACKED=PACKED, PERM=PERM, RES_BITS=RES_BITS, VECTOR_LEN=VECTOR_LEN, 
         BLOCK_M=CONFIG["block_m"], BLOCK_N=CONFIG["block_n"], BLOCK_K=CONFIG["block_k"], SPLIT_K=split_k,
         num_warps=CONFIG["num_warps"], num_stages=CONFIG["num_stages"],
