@@ -8,15 +8,13 @@ tolerance, time it (bench.timing.time_us: CUDA-graph replay, do_bench median, L2
 output again after the timed replays. A fast wrong kernel never gets a time. Any exception (render,
 compile, launch, wrong result) scores infinity and is logged with a one-line repro command.
 
-`precompile` compiles a batch of candidates on a thread pool before they are verified and timed (triton's
-AsyncCompileMode; ptxas and much of the MLIR pipeline run outside the GIL), so a sweep is not bound by
-compiling one kernel at a time."""
+Compilation happens ahead of this, in parallel worker processes (autotune/aot.py), so `evaluate` normally
+finds each candidate's kernel in triton's cache."""
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -170,50 +168,3 @@ def evaluate(ref: Reference, M: int, config: KernelConfig, *, arch: str, family:
                     trial.error, trial.repro)
         _context_alive(ref.device)
     return trial
-
-
-class _WarmupLauncher:
-    """Stands in for a generated module's @triton.jit kernel during `precompile`: `kernel[grid](...)`
-    compiles (asynchronously, under AsyncCompileMode) without launching."""
-
-    def __init__(self, jit_fn):
-        self.jit_fn = jit_fn
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.jit_fn.warmup(*args, grid=grid, **kwargs)
-
-
-def precompile(ref: Reference, M: int, modules: list, dtype: torch.dtype = torch.float16,
-               workers: int | None = None) -> None:
-    """Compile the kernels of `modules` on a thread pool by calling each module's run() with its kernel
-    swapped for a warm-up launcher; the real run in `evaluate` then finds the compiled kernel in triton's
-    cache. A failure here is ignored: it shows (and is scored) when `evaluate` runs the candidate.
-    No-op on the CPU (the interpreter compiles nothing)."""
-    if ref.device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1" or not modules:
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    import triton
-    x = torch.zeros(M, ref.K, dtype=dtype, device=ref.device)
-    out = torch.empty(M, ref.N, dtype=dtype, device=ref.device)
-    workers = workers or min(len(modules), os.cpu_count() or 4)
-    try:
-        with ThreadPoolExecutor(workers) as pool, triton.AsyncCompileMode(pool, ignore_errors=True):
-            for mod in modules:
-                name = mod.KERNEL_NAME
-                jit_fn = getattr(mod, name)
-                setattr(mod, name, _WarmupLauncher(jit_fn))
-                try:
-                    mod.run(x, ref.tensors, ref.N, out=out)
-                except Exception:  # scored by evaluate(), which runs the same call for real
-                    pass
-                finally:
-                    setattr(mod, name, jit_fn)
-    except Exception as e:  # parallel compilation is an optimization: evaluate() compiles what is missing
-        if not _warned_precompile:
-            _warned_precompile.append(True)
-            log.warning("autotune: parallel compilation failed (%s); candidates compile one at a time",
-                        _one_line(e))
-
-
-_warned_precompile: list = []

@@ -9,7 +9,6 @@ the llvm kernel too, and is checked bit-exactly against the Triton entry point's
 
 Shapes are small and legal per format, N and K not multiples of the tiles (tests/kernel_harness.py)."""
 import json
-import re
 import subprocess
 import sys
 
