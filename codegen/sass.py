@@ -42,6 +42,13 @@ class SassReport:
     occupancy_warps: int  # resident warps per SM the register / smem use allows (of 64 on sm80/sm90)
     mix: dict            # opcode (without modifiers) -> count over the whole kernel
     sass: str
+    weights_per_thread: int = 0   # weights one thread decodes per K-loop iteration (block_n * block_k / threads)
+
+    @property
+    def main_loop(self) -> dict:
+        """Opcode counts of the longest loop (a backward branch to an earlier label): the K loop, where the
+        per-weight cost is (software pipelining puts its prologue and epilogue outside)."""
+        return loop_mix(self.sass)
 
     def table(self, top: int = 25) -> str:
         total = sum(self.mix.values())
@@ -51,7 +58,34 @@ class SassReport:
                  f"  {total} SASS instructions; top opcodes:"]
         for op, n in sorted(self.mix.items(), key=lambda kv: -kv[1])[:top]:
             lines.append(f"    {op:<12} {n:5d}  {100.0 * n / total:5.1f}%")
+        loop = self.main_loop
+        if loop and self.weights_per_thread:
+            n = sum(loop.values())
+            top_ops = ", ".join(f"{op} {c}" for op, c in sorted(loop.items(), key=lambda kv: -kv[1])[:8])
+            lines.append(f"  K loop: {n} instructions per iteration for {self.weights_per_thread} weights per thread "
+                         f"({n / self.weights_per_thread:.2f} per weight): {top_ops}")
         return "\n".join(lines)
+
+
+def loop_mix(sass: str) -> dict:
+    """Opcode counts between the label and the backward branch of the longest loop of an nvdisasm listing."""
+    labels, ins = {}, []
+    for line in sass.splitlines():
+        lab = re.match(r"\s*\.L_x_(\d+):", line)
+        if lab:
+            labels[lab.group(1)] = len(ins)
+            continue
+        m = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)([^;]*)", line)
+        if m:
+            ins.append((m.group(1), m.group(2)))
+    best = None
+    for i, (op, rest) in enumerate(ins):
+        tgt = re.search(r"\.L_x_(\d+)", rest) if op == "BRA" else None
+        if tgt and labels.get(tgt.group(1), i + 1) <= i:
+            start = labels[tgt.group(1)]
+            if best is None or i - start > best[1] - best[0]:
+                best = (start, i)
+    return dict(collections.Counter(op for op, _ in ins[best[0]:best[1] + 1])) if best else {}
 
 
 def _nvidia_tool(name: str) -> str:
@@ -138,7 +172,8 @@ def compile_report(spec: FormatSpec, M: int, N: int, K: int, arch: str = "sm90",
     shared = int(meta["shared"])
     return SassReport(kernel=plan.name, config=cfg.label, registers=regs, spills=spills, shared=shared,
                       num_warps=cfg.num_warps, occupancy_warps=_occupancy(regs, shared, cfg.num_warps, arch),
-                      mix=dict(mix), sass=sass)
+                      mix=dict(mix), sass=sass,
+                      weights_per_thread=cfg.block_n * cfg.block_k // (32 * cfg.num_warps))
 
 
 def _compile_job(job_json: str) -> None:
