@@ -48,11 +48,10 @@ def parse_label(label: str) -> KernelConfig:
 
 def _db_configs(spec, N: int, K: int, M: int) -> list[KernelConfig]:
     from autotune.db import db_path, load
-    from runtime.tuning import m_bucket
+    from runtime.tuning import entry_key, m_bucket
     data = load(db_path(torch.cuda.get_device_name())) or {}
-    return [KernelConfig(**e["config"]) for k, e in data.get("entries", {}).items()
-            if k.split("|")[0] == spec.key and k.split("|")[1] == "triton"
-            and (int(k.split("|")[2]), int(k.split("|")[3]), int(k.split("|")[4])) == (N, K, m_bucket(M))]
+    e = data.get("entries", {}).get(entry_key(spec.key, "triton", N, K, m_bucket(M)))
+    return [KernelConfig(**e["config"])] if e else []
 
 
 def main(argv=None) -> int:

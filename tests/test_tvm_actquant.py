@@ -22,15 +22,9 @@ pytestmark = pytest.mark.skipif(bool(tvm_compat.unavailable_reason()),
                                 reason=f"TVM backend tests need TVM: {tvm_compat.unavailable_reason()}")
 
 from codegen import tvm_backend as tb  # noqa: E402  (after the skip marker)
+from test_triton_actquant import IDS, VARIANTS  # noqa: E402  (the same format variants as the Triton kernels')
 
 N, K = 72, 288
-VARIANTS = [
-    ("prefixquant_w4a4", dict(), dict(act_absmax=2.0)),
-    ("prefixquant_w4a4", dict(online_hadamard=True, had_size=32), dict(act_absmax=2.0)),
-    ("w8a8_static", dict(), dict(act_absmax=2.0)),
-    ("w8a8_static", dict(weight="fp8_e4m3"), dict(act_absmax=7.0)),   # act_scale = 7/448 = 2**-6
-]
-IDS = [f"{n}-" + "-".join(f"{k}{v}" for k, v in o.items()) for n, o, _ in VARIANTS]
 CONFIGS = [   # (family, config, Ms): gemv split-K, the mma gemm with split-K, the SIMT gemm (block_n < 8 x warps)
     ("gemv", KernelConfig(block_m=4, block_n=16, block_k=64, split_k=2, num_warps=4), (1, 3)),
     ("gemm", KernelConfig(block_m=16, block_n=32, block_k=32, split_k=2, num_warps=2), (16, 33)),
