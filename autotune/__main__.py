@@ -137,7 +137,8 @@ def cmd_sweep(args) -> int:
     t0 = time.perf_counter()
     rows = run_sweep(cases, header=header, path=path, device="cuda", timer=sweep_timer, budget_s=args.budget_s,
                      options=options, jobs=args.jobs, fresh=args.fresh, force=args.force,
-                     max_candidates=args.max_candidates, dtype=DTYPES[args.dtype])
+                     max_candidates=args.max_candidates, dtype=DTYPES[args.dtype], patience=args.patience or None,
+                     seeds=not args.no_seeds)
     if rows:
         print()
         print(result_table(rows))
@@ -328,6 +329,10 @@ def main(argv=None) -> int:
     s.add_argument("--budget-s", type=float, default=15.0, help="seconds per (format, shape, M bucket) case")
     s.add_argument("--max-candidates", type=int, default=None, help="stop a case after this many candidates")
     s.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 4), help="parallel compiles")
+    s.add_argument("--patience", type=int, default=20,
+                   help="end a case after this many candidates in a row without a 1%% improvement (0: use the budget)")
+    s.add_argument("--no-seeds", action="store_true",
+                   help="do not start from the database's winners at the nearest M buckets and shapes")
     s.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
     s.add_argument("--retune-stale", action="store_true", help="also re-tune every stale entry of this GPU's file")
     s.add_argument("--force", action="store_true", help="re-tune requested cases even when tuned")

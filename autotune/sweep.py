@@ -9,7 +9,13 @@ SCREEN_REP_MS here). The search stops when nothing new is left to propose or the
 spent (what was measured so far is kept). Finally the two best candidates and the default are
 re-timed side by side (FINAL_REP_MS, fresh data, verified again): the fastest is the winner, the
 next the runner-up, and the default's figure gives the speedup. The entry is written to the database
-at once, so an interrupted sweep resumes where it stopped."""
+at once, so an interrupted sweep resumes where it stopped.
+
+Two things keep a case short. Seeds: the winners already in the database for the same format, backend and
+kernel family at the nearest M buckets and shapes (`seed_configs`) are measured right after the default, so
+the descent starts near where neighbouring problems ended (the M buckets of one shape are tuned in
+ascending order, each seeding the next). Patience: a case stops once `patience` candidates in a row did not
+beat the best so far by more than IMPROVE (the descent has converged; the budget is the hard cap)."""
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +39,8 @@ from .verify import FINAL_REP_MS, Reference, Timer, Trial, build_module, evaluat
 
 FINAL_RESERVE = 0.15        # share of a case's budget kept for re-timing the finalists
 FIRST_CHUNK = 4             # candidates in a case's first chunk, before the seconds per candidate are known
+IMPROVE = 0.01              # a candidate "improves" when it is this much faster than the best so far
+SEEDS = 4                   # database winners measured right after the default (see seed_configs)
 SCREEN_REP_MS = 5           # do_bench window while screening (the finalists get FINAL_REP_MS): a 15-500 us
                             # kernel replays 10-300 times, enough to rank; the best two are re-timed anyway
 
@@ -112,24 +120,59 @@ def _compile_failure(case: Case, ref: Reference, cfg: KernelConfig, error: str, 
     return t
 
 
+def seed_configs(case: Case, entries: dict, search: Search, limit: int = SEEDS) -> list[KernelConfig]:
+    """Legal configs of this case's space that won (or came second) in `entries` (database key -> entry) for
+    the same format, backend and kernel family, nearest first: distance = |log2 bucket ratio| + half the
+    |log2| ratios of N and K, so the M buckets next to this one at the same shape come before other shapes."""
+    spec_key, backend = case.spec.key, case.backend
+    scored = []
+    for key, e in entries.items():
+        k_spec, k_backend, n, k, bucket = key.split("|")
+        if k_spec != spec_key or k_backend != backend or e.get("family") != case.family:
+            continue
+        dist = abs(math.log2(int(bucket) / case.bucket)) + 0.5 * (abs(math.log2(int(n) / case.N))
+                                                                  + abs(math.log2(int(k) / case.K)))
+        for rank, item in enumerate((e, e.get("runner_up") or {})):
+            try:
+                cfg = KernelConfig(**item["config"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            scored.append((dist, rank, cfg))
+    out = []
+    for _, _, cfg in sorted(scored, key=lambda t: (t[0], t[1])):
+        if cfg not in out and search.legal(cfg):
+            out.append(cfg)
+        if len(out) == limit:
+            break
+    return out
+
+
 def tune_case(case: Case, ref: Reference, *, arch: str, budget_s: float, timer: Timer,
               dtype: torch.dtype = torch.float16, jobs: int = 8, max_candidates: int | None = None,
-              pool: CompilePool | None = None) -> CaseResult:
+              pool: CompilePool | None = None, seeds: list[KernelConfig] = (),
+              patience: int | None = None) -> CaseResult:
     """Search, verify and time one case within about `budget_s` seconds, the finalists' re-timing included.
 
-    Candidates go in chunks of up to `jobs` (FIRST_CHUNK at first): compiled ahead of time in `pool` (without
-    one, the JIT compiles each in evaluate()), then each verified and screened. No chunk starts after the
-    search deadline, and chunks shrink to what the measured seconds per candidate leave room for, so a case
-    overruns its budget by about one chunk's compile at most."""
+    The default goes first, then `seeds` (see seed_configs), then the descent. Candidates go in chunks of up
+    to `jobs` (FIRST_CHUNK at first): compiled ahead of time in `pool` (without one, the JIT compiles each in
+    evaluate()), then each verified and screened. No chunk starts after the search deadline, and chunks
+    shrink to what the measured seconds per candidate leave room for, so a case overruns its budget by about
+    one chunk's compile at most. With `patience`, the search also ends once that many candidates in a row
+    (counted at chunk ends) brought no improvement of more than IMPROVE."""
     t0 = time.perf_counter()
     deadline = t0 + budget_s * (1 - FINAL_RESERVE)
     res = CaseResult(case)
     search = Search(case.spec, get_arch(arch), case.M, case.N, case.K, case.backend, case.family)
     dflt = default_config(case.spec, (case.M, case.N, case.K), arch)
-    search.mark([dflt])
-    center, queue = dflt, [dflt] + search.lines(dflt)
+    seeds = [c for c in seeds if c != dflt]
+    search.mark([dflt, *seeds])
+    queue = [dflt, *seeds]
+    center, queue = dflt, queue + search.lines(dflt)
     seed, per_candidate = 0, None
+    best_us, since_best = math.inf, 0
     while True:
+        if patience and since_best >= patience:
+            break
         if not queue:
             # the best's lines are exhausted: explore around the next best, then around the failed ones
             # (legal configs that failed here, e.g. when the default itself is outside the space)
@@ -166,6 +209,13 @@ def tune_case(case: Case, ref: Reference, *, arch: str, budget_s: float, timer: 
                                        timer=timer, rep_ms=SCREEN_REP_MS, seed=seed, backend=case.backend,
                                        module=modules.get(cfg))
         per_candidate = (time.perf_counter() - started) / len(chunk)
+        for cfg in chunk:
+            us = res.trials[cfg].us
+            if us < best_us * (1 - IMPROVE):
+                since_best = 0
+            else:
+                since_best += 1
+            best_us = min(best_us, us)
         ranked = _ranked(res.trials.values())
         if ranked and ranked[0].config != center:   # move to the new best; its lines go first
             center = ranked[0].config
@@ -251,9 +301,11 @@ def _same_kernel(entry: dict, c: Case, arch: str) -> bool:
 
 def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer: Timer, budget_s: float,
               options: dict, jobs: int = 8, fresh: bool = False, force: bool = False, max_candidates=None,
-              dtype: torch.dtype = torch.float16, out=print) -> list[CaseResult]:
+              dtype: torch.dtype = torch.float16, patience: int | None = None, seeds: bool = True,
+              out=print) -> list[CaseResult]:
     """Tune every case that the database at `path` lacks (or holds stale, or all with `force`), writing
-    each winner as soon as it is known. `options[fmt_arg]` are the format's non-default options."""
+    each winner as soon as it is known. `options[fmt_arg]` are the format's non-default options. With
+    `seeds`, each case starts from the current entries of this machine nearest to it (seed_configs)."""
     arch = header["arch"]
     existing = None if fresh else load_for_write(path, header)   # refuses a corrupt or foreign file up front
     entries = existing["entries"] if existing else {}
@@ -269,13 +321,15 @@ def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer
     # ahead-of-time compilation needs real @triton.jit kernels and a GPU target (not the interpreter)
     aot = todo and jobs > 1 and device == "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1"
     with CompilePool(jobs) if aot else contextlib.nullcontext() as pool:
+        known = {k: e for k, e in entries.items() if not is_stale(e, existing["header"], header)} if seeds else None
         return _sweep_cases(todo, pool, header=header, path=path, device=device, timer=timer, budget_s=budget_s,
                             options=options, jobs=jobs, fresh=fresh, max_candidates=max_candidates, dtype=dtype,
-                            out=out)
+                            patience=patience, known=known, out=out)
 
 
 def _sweep_cases(todo: list[Case], pool, *, header, path, device, timer, budget_s, options, jobs, fresh,
-                 max_candidates, dtype, out) -> list[CaseResult]:
+                 max_candidates, dtype, patience, known, out) -> list[CaseResult]:
+    """`known`: entries to seed from (None: no seeds), grown with every winner of this sweep."""
     arch = header["arch"]
     rows, refs, started, replace_file = [], {}, time.perf_counter(), fresh
     for i, c in enumerate(todo, 1):
@@ -286,13 +340,19 @@ def _sweep_cases(todo: list[Case], pool, *, header, path, device, timer, budget_
             refs[rk] = Reference.build(c.spec, c.fmt_arg, c.N, c.K, device, seed=c.N + c.K)
             out(f"  prepared {c.fmt_arg} {c.N}x{c.K} (synthetic weights, reference decode) in "
                 f"{time.perf_counter() - t:.1f} s")
+        seeds = []
+        if known is not None:
+            search = Search(c.spec, get_arch(arch), c.M, c.N, c.K, c.backend, c.family)
+            seeds = seed_configs(c, known, search)
         res = tune_case(c, refs[rk], arch=arch, budget_s=budget_s, timer=timer, dtype=dtype, jobs=jobs,
-                        max_candidates=max_candidates, pool=pool)
+                        max_candidates=max_candidates, pool=pool, seeds=seeds, patience=patience)
         rows.append(res)
         if res.winner is not None:
             key = entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket)
-            merge_entries(path, header, {key: entry_for(res, header, options.get(c.fmt_arg, {}))},
-                          fresh=replace_file)
+            entry = entry_for(res, header, options.get(c.fmt_arg, {}))
+            merge_entries(path, header, {key: entry}, fresh=replace_file)
             replace_file = False
+            if known is not None:
+                known[key] = entry
         out(progress_line(i, len(todo), res, started))
     return rows

@@ -212,3 +212,95 @@ def test_compile_failures_in_the_pool_are_scored_without_recompiling(fake_kernel
     screened = [c for c, rep in calls if rep == sweep.SCREEN_REP_MS]
     assert dflt not in screened and len(screened) == 3
     assert {rep for _, rep in calls} == {sweep.SCREEN_REP_MS, verify.FINAL_REP_MS}
+
+
+class Costed(Exact):
+    """An exact stand-in that knows its config, so a timer can score configs differently."""
+
+    last = None
+
+    def __init__(self, weights, config):
+        super().__init__(weights)
+        self.config = config
+
+    def run(self, x, tensors, N, bias=None, out=None):
+        Costed.last = self.config
+        return super().run(x, tensors, N, bias=bias, out=out)
+
+
+def _costed(monkeypatch, fake_kernels):
+    """Like fake_kernels, with Costed stand-ins; appends each built config to fake_kernels."""
+    weights = {}
+
+    def build(spec, M, n, k, arch, config, family):
+        fake_kernels.append(config)
+        return Costed(weights, config)
+    orig = verify.Reference.build.__func__
+
+    def build_ref(cls, spec, fmt_arg, n, k, device, seed=0, qt=None):
+        r = orig(cls, spec, fmt_arg, n, k, device, seed, qt)
+        weights[id(r.tensors)] = r.W64
+        return r
+    monkeypatch.setattr(verify.Reference, "build", classmethod(build_ref))
+    monkeypatch.setattr(sweep, "build_module", build)
+    monkeypatch.setattr(verify, "build_module", build)
+
+
+def test_seed_configs_nearest_bucket_first_same_format_and_family_only():
+    from autotune.space import Search
+    from codegen.arch import get_arch
+    cases, _ = plan_cases(["gptq", "bnb_nf4"], [(N, K), (2 * N, K)], [1, 2, 4, 16], ["triton"], out=lambda m: None)
+    by = {(c.fmt_arg, c.N, c.bucket): c for c in cases}
+    target = by[("gptq", N, 2)]
+    search = Search(target.spec, get_arch("sm90"), target.M, N, K, "triton", target.family)
+    legal = [c for c in _gemv_configs(target) if search.legal(c)]
+    a, b, c_, d, e = legal[:5]
+
+    def entry(case, cfg, runner=None):
+        return {"format": case.fmt_arg, "family": case.family, "config": cfg.to_dict(), "us": 1.0,
+                "runner_up": {"config": runner.to_dict(), "us": 2.0} if runner else None}
+
+    def key(case):
+        return entry_key(case.spec.key, "triton", case.N, case.K, case.bucket)
+    entries = {
+        key(by[("gptq", 2 * N, 2)]): entry(by[("gptq", 2 * N, 2)], c_),       # other shape: distance 0.5
+        key(by[("gptq", N, 4)]): entry(by[("gptq", N, 4)], b),                # next bucket: distance 1
+        key(by[("gptq", N, 1)]): entry(by[("gptq", N, 1)], a, runner=d),      # previous bucket: distance 1
+        key(by[("gptq", N, 16)]): entry(by[("gptq", N, 16)], e),              # gemm family: never a seed
+        key(by[("bnb_nf4", N, 2)]): entry(by[("bnb_nf4", N, 2)], e),          # other format: never a seed
+    }
+    seeds = sweep.seed_configs(target, entries, search, limit=10)
+    assert seeds[0] == c_ and set(seeds[1:3]) == {a, b} and seeds[3] == d and e not in seeds
+    assert sweep.seed_configs(target, entries, search, limit=2) == seeds[:2]
+
+
+def _gemv_configs(case):
+    from autotune.space import candidates
+    from codegen.arch import get_arch
+    kept, _ = candidates(case.spec, get_arch("sm90"), case.M, case.N, case.K, "triton", case.family)
+    return kept
+
+
+def test_seeds_go_right_after_the_default_and_patience_ends_a_converged_case(fake_kernels, monkeypatch):
+    from codegen.arch import default_config
+    _costed(monkeypatch, fake_kernels)
+    cases, _ = plan_cases(["gptq"], [(N, K)], [1], ["triton"], out=lambda m: None)
+    case = cases[0]
+    ref = verify.Reference.build(case.spec, case.fmt_arg, N, K, "cpu", seed=1)
+    dflt = default_config(case.spec, (case.M, N, K), "sm90")
+    seeds = [c for c in _gemv_configs(case) if c != dflt][-2:]
+    best = seeds[1]
+
+    def cost_timer(fn, rep_ms):   # the second seed is fastest, every other config is slower than the default
+        fn()
+        cfg = Costed.last
+        return 50.0 if cfg == best else 100.0 if cfg == dflt else 120.0
+    res = sweep.tune_case(case, ref, arch="sm90", budget_s=600, timer=cost_timer, jobs=4, seeds=seeds, patience=8)
+    assert fake_kernels[:3] == [dflt, *seeds]
+    assert res.winner.config == best and res.default.us == 100.0 and res.speedup == 2.0
+    # 3 measured up front, then no improvement: the chunk that reaches 8 without one is the last
+    assert len(res.trials) <= 3 + 8 + 4 and len(res.trials) < len(_gemv_configs(case)) / 4
+    fake_kernels.clear()
+    full = sweep.tune_case(case, ref, arch="sm90", budget_s=600, timer=cost_timer, jobs=4, seeds=seeds,
+                           max_candidates=40)
+    assert len(full.trials) == 40     # without patience the search goes on to its cap
