@@ -71,11 +71,16 @@ def expand_formats(formats: list[str]) -> list[str]:
 
 
 def plan_cases(formats: list[str], shapes, batches: list[int], backends: list[str], out=print) -> tuple[list, dict]:
-    """(cases, {format arg: options}); shapes a format cannot take are reported and left out."""
-    cases, options = [], {}
+    """(cases, {format arg: options}); shapes a format cannot take are reported and left out, and so is a
+    format whose spec another one in the list already is (an alias: the database keys by spec)."""
+    cases, options, specs = [], {}, {}
     buckets = sorted({m_bucket(b) for b in batches})
     for arg in expand_formats(formats):
         spec, opts = parse_format(arg)
+        if spec.key in specs:
+            out(f"  skipping {arg}: the same format as {specs[spec.key]}")
+            continue
+        specs[spec.key] = arg
         options[arg] = opts
         for N, K in shapes:
             try:
