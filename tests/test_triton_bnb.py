@@ -1,12 +1,17 @@
 """bnb_nf4 / bnb_fp4 Triton kernels beyond the default-option harness: double quant on/off, other blocksizes,
 tiles equal to / inside / spanning an absmax block (the gemv factorized path, the per-column absmax vector and
-the per-element fallback), swap_ab, fp16 + bf16, a misaligned weight view; and the twin of the word unpacker."""
+the per-element fallback), swap_ab, fp16 + bf16, a misaligned weight view; the word unpacker's twin; and the
+register look-up table of the GPU path (its inline PTX run by a small emulator against lut_words_fp16)."""
+import inspect
+import re
+
 import pytest
 import torch
 
 import ir
 from ir import KernelConfig
-from ir.formats.bnb import unpack_nibbles_hi_first, unpack_words_hi_first
+from ir.formats.bnb import (FP4_TABLE, NF4_TABLE, fp16_byte_planes, lut_words_fp16, unpack_nibbles_hi_first,
+                            unpack_words_hi_first)
 from kernel_harness import REL_TOL, check_kernel, kernel_module
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,28 +67,79 @@ def test_bnb_kernel_misaligned_weight_view(gen):
     assert torch.equal(ref, got)
 
 
-def test_bnb_kernel_misaligned_table_view(gen):
-    """The M=1 field-by-field look-up ORs the code's byte offset into the table address; a quant_map view off a
-    64-byte boundary is copied first."""
-    qt = _qt("bnb_nf4", 64, True, 192)
-    qm = qt.tensors["quant_map"]
-    buf = torch.empty(qm.numel() + 1, dtype=torch.float32)
-    view = buf[1:]
-    view.copy_(qm)
-    assert view.data_ptr() % 64
-    mod = kernel_module(qt.spec, "gemv", 1, N, 192, _cfg(1, 64))
-    x = (torch.randn(1, 192, generator=gen) * 0.5).half()
-    assert torch.equal(mod.run(x, dict(qt.tensors), N), mod.run(x, dict(qt.tensors, quant_map=view), N))
+def _run_ptx(asm: str, inputs: list[int]) -> list[int]:
+    """Execute the straight-line PTX of _bnb_lut8 (and/shr/shl/prmt/lop3/mov/cvt on .b32/.b16 registers) for one
+    set of 32-bit inputs ($8, $9, ...) and return the 32-bit outputs $0..$7 (fp32 bit patterns)."""
+    regs = {f"${8 + i}": v & 0xFFFFFFFF for i, v in enumerate(inputs)}
+
+    def val(tok):
+        return regs[tok] if tok in regs else int(tok, 0)
+
+    def prmt(a, b, c):
+        src = (b << 32) | a
+        out = 0
+        for i in range(4):
+            sel = (c >> (4 * i)) & 0xF
+            byte = (src >> (8 * (sel & 7))) & 0xFF
+            if sel & 8:  # sign-replicate mode
+                byte = 0xFF if byte & 0x80 else 0
+            out |= byte << (8 * i)
+        return out
+
+    def lop3(a, b, c, lut):
+        return sum(((lut >> ((((a >> i) & 1) << 2) | (((b >> i) & 1) << 1) | ((c >> i) & 1))) & 1) << i
+                   for i in range(32))
+
+    for stmt in asm.replace("{", " { ").replace("}", " } ").split(";"):
+        stmt = " ".join(stmt.split()).strip("{} ")
+        if not stmt or stmt.startswith(".reg"):
+            continue
+        op, rest = stmt.split(" ", 1)
+        if op == "mov.b32":  # mov.b32 {lo, hi}, src
+            halves, src = rest.split("}")
+            lo, hi = (h.strip(" {,") for h in halves.split(","))
+            v = val(src.strip(" ,"))
+            regs[lo], regs[hi] = v & 0xFFFF, v >> 16
+            continue
+        d, *args = (a.strip() for a in rest.split(","))
+        v = [val(a) for a in args]
+        regs[d] = {
+            "and.b32": lambda: v[0] & v[1],
+            "shr.u32": lambda: v[0] >> v[1],
+            "shl.b32": lambda: (v[0] << v[1]) & 0xFFFFFFFF,
+            "prmt.b32": lambda: prmt(*v),
+            "lop3.b32": lambda: lop3(*v),
+            "cvt.f32.f16": lambda: torch.tensor([v[0]], dtype=torch.int32).to(torch.int16).view(torch.float16)
+            .float().view(torch.int32).item() & 0xFFFFFFFF,
+        }[op]()
+    return [regs[f"${i}"] for i in range(8)]
 
 
-def test_part_field_offsets_twin():
-    """part_field's table byte offset of element j of a word, (w >> ((4j ^ 4) - 2)) & 0x3C (j = 1: (w << 2) & 0x3C),
-    is 4 * its code as unpack_words_hi_first gives it."""
-    w = torch.randint(-2**31, 2**31, (256,), dtype=torch.int64, generator=torch.Generator().manual_seed(5))
-    codes = unpack_words_hi_first(w.to(torch.int32).view(-1, 1))
-    for j in range(8):
-        off = (w << 2) & 0x3C if j == 1 else (w >> (((4 * j) ^ 4) - 2)) & 0x3C
-        assert torch.equal(off, 4 * codes[:, j])
+@pytest.mark.parametrize("name", ["bnb_nf4", "bnb_fp4"])
+def test_register_lut_ptx_twin(name):
+    """The generated kernel's register look-up table: its render-time planes are fp16_byte_planes of the format's
+    table, and its inline PTX, executed instruction by instruction, gives lut_words_fp16 of random words."""
+    spec = ir.get_format(name)
+    mod = kernel_module(spec, "gemv", 1, N, 192, _cfg(1, 64))
+    lo, hi = fp16_byte_planes(spec.decode.table)
+    planes = [getattr(mod, f"_BNB_{h}{p}").value & 0xFFFFFFFF for h in ("LO", "HI") for p in range(4)]
+    assert planes == list(lo) + list(hi)
+    asm = re.search(r'asm="""(.*?)"""', inspect.getsource(mod), re.S).group(1)
+    words = torch.randint(-2**31, 2**31, (64,), dtype=torch.int64, generator=torch.Generator().manual_seed(5))
+    words = torch.cat([words, torch.tensor([0, -1, 0x76543210, -0x01234568])])  # every code in every slot
+    want = lut_words_fp16(words.to(torch.int32).view(-1, 1), spec.decode.table)
+    got = torch.tensor([_run_ptx(asm, [w] + planes) for w in words.tolist()], dtype=torch.int64)
+    got = got.to(torch.int32).view(torch.float32)
+    assert torch.equal(got, want)
+
+
+def test_lut_words_fp16_is_the_rounded_table():
+    """lut_words_fp16 is the reference decode with the table rounded to fp16: within half an fp16 ulp (<= 2^-11 relative) of it."""
+    for table in (NF4_TABLE, FP4_TABLE):
+        words = torch.randint(-2**31, 2**31, (8, 4), dtype=torch.int64, generator=torch.Generator().manual_seed(2))
+        exact = torch.tensor(table)[unpack_words_hi_first(words.to(torch.int32))]
+        got = lut_words_fp16(words.to(torch.int32), table)
+        assert torch.all((got - exact).abs() <= exact.abs() * 2.0**-11)
 
 
 def test_unpack_words_twin():

@@ -76,10 +76,27 @@ def unpack_nibbles_hi_first(packed: torch.Tensor) -> torch.Tensor:
 
 def unpack_words_hi_first(words: torch.Tensor) -> torch.Tensor:
     """int32 words [..., W] (little-endian views of the packed bytes) -> int64 codes [..., 8*W]: element r of
-    a word sits at bit (4r) ^ 4 (byte r // 2, high nibble for even r); twin of the Triton `_bnb_codes`."""
+    a word sits at bit (4r) ^ 4 (byte r // 2, high nibble for even r)."""
     shifts = (torch.arange(8) * 4) ^ 4
     codes = (words.to(torch.int64).unsqueeze(-1) >> shifts) & 0xF
     return codes.reshape(*words.shape[:-1], -1)
+
+
+def fp16_byte_planes(table) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The 16-entry table rounded to fp16, as two planes of 4 uint32 words: (low bytes, high bytes), entry 4p + i
+    in byte i of word p (the register look-up table of the Triton M=1 kernels)."""
+    bits = [v & 0xFFFF for v in torch.tensor(list(table), dtype=torch.float32).to(torch.float16)
+            .view(torch.int16).tolist()]
+    return tuple(tuple(sum(((bits[4 * p + i] >> shift) & 0xFF) << (8 * i) for i in range(4)) for p in range(4))
+                 for shift in (0, 8))
+
+
+def lut_words_fp16(words: torch.Tensor, table) -> torch.Tensor:
+    """int32 words [..., W] -> float32 [..., 8*W]: table[code] rounded to fp16 (then exactly to fp32) of each
+    element in unpack_words_hi_first order; twin of the Triton `_bnb_lut8` (bitsandbytes' own M=1 kernel
+    looks up an fp16 table too)."""
+    t16 = torch.tensor(list(table), dtype=torch.float32).to(torch.float16).to(torch.float32)
+    return t16[unpack_words_hi_first(words)]
 
 
 def pack_nibbles_hi_first(codes: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 # kernel:   bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_fp4   spec key: de67cf8c1d6d2818fda33a5396db04ff5cc443d76fbe3389dbad9662d4900246
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 191f147bce737358
+# arch:     sm90   family: gemv   template hash: 48fcc1c1f3b74764
 """bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_fp4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -48,6 +48,27 @@ BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, NESTED_BLOCKSIZE: tl.conste
 
 
 
+_BNB_INTERPRETED = tl.constexpr(_INTERPRETED)
+_BNB_F16 = torch.tensor([0.0, 0.0052083334885537624, 0.6666666865348816, 1.0, 0.3333333432674408, 0.5, 0.1666666716337204, 0.25, 0.0, -0.0052083334885537624, -0.6666666865348816, -1.0, -0.3333333432674408, -0.5, -0.1666666716337204, -0.25],
+                        dtype=torch.float32).to(torch.float16).view(torch.int16).tolist()
+
+
+def _bnb_plane(p, shift):
+    """int32 word of byte `shift // 8` of the fp16 table entries 4p..4p+3, entry 4p + i in byte i (signed value)."""
+    v = sum(((_BNB_F16[4 * p + i] >> shift) & 0xFF) << (8 * i) for i in range(4))
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+_BNB_LO0 = tl.constexpr(_bnb_plane(0, 0))
+_BNB_HI0 = tl.constexpr(_bnb_plane(0, 8))
+_BNB_LO1 = tl.constexpr(_bnb_plane(1, 0))
+_BNB_HI1 = tl.constexpr(_bnb_plane(1, 8))
+_BNB_LO2 = tl.constexpr(_bnb_plane(2, 0))
+_BNB_HI2 = tl.constexpr(_bnb_plane(2, 8))
+_BNB_LO3 = tl.constexpr(_bnb_plane(3, 0))
+_BNB_HI3 = tl.constexpr(_bnb_plane(3, 8))
+
+
 @triton.jit
 def _bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.constexpr):
     """int32 words [BLOCK_K / 8, BLOCK_N] of the tile at k0 (word w of column n holds k = 8w..8w+7). K % 32 == 0
@@ -61,13 +82,64 @@ def _bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _bnb_lut8(words, quant_map_ptr, opaque_zero):
+    """The 8 elements of each word as fp32 values of the fp16-rounded table, element j (bit (4j) ^ 4: byte j // 2,
+    high nibble for even j) first; twin: ir.formats.bnb.lut_words_fp16. `opaque_zero` is int32 zeros the compiler
+    cannot prove zero (offs_n >> 31): added to the table words, it keeps them in registers across the K loop (as
+    constants, ptxas re-materialized one with a MOV before each PRMT: 8 more instructions per word)."""
+    if _BNB_INTERPRETED:
+        return tuple(tl.load(quant_map_ptr + ((words >> ((4 * j) ^ 4)) & 0xF)).to(tl.float16).to(tl.float32)
+                     for j in tl.static_range(8))
+    c = opaque_zero + tl.zeros_like(words)
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 s, hw, hs, ws, m0, m1, a, b, l0, h0, l1, h1, p0, p1, p2, p3;
+        .reg .b16 e0, e1, e2, e3, e4, e5, e6, e7;
+        and.b32 s, $8, 0x7777;
+        shr.u32 hw, $8, 16;
+        and.b32 hs, hw, 0x7777;
+        shl.b32 ws, $8, 4;
+        prmt.b32 m0, $8, ws, 0x9D8C;
+        prmt.b32 m1, $8, ws, 0xBFAE;
+        prmt.b32 a, $9, $10, $8;
+        prmt.b32 b, $11, $12, s;
+        lop3.b32 l0, a, b, m0, 0xD8;
+        prmt.b32 a, $13, $14, $8;
+        prmt.b32 b, $15, $16, s;
+        lop3.b32 h0, a, b, m0, 0xD8;
+        prmt.b32 a, $9, $10, hw;
+        prmt.b32 b, $11, $12, hs;
+        lop3.b32 l1, a, b, m1, 0xD8;
+        prmt.b32 a, $13, $14, hw;
+        prmt.b32 b, $15, $16, hs;
+        lop3.b32 h1, a, b, m1, 0xD8;
+        prmt.b32 p0, l0, h0, 0x5140;
+        prmt.b32 p1, l0, h0, 0x7362;
+        prmt.b32 p2, l1, h1, 0x5140;
+        prmt.b32 p3, l1, h1, 0x7362;
+        mov.b32 {e1, e0}, p0;
+        mov.b32 {e3, e2}, p1;
+        mov.b32 {e5, e4}, p2;
+        mov.b32 {e7, e6}, p3;
+        cvt.f32.f16 $0, e0;
+        cvt.f32.f16 $1, e1;
+        cvt.f32.f16 $2, e2;
+        cvt.f32.f16 $3, e3;
+        cvt.f32.f16 $4, e4;
+        cvt.f32.f16 $5, e5;
+        cvt.f32.f16 $6, e6;
+        cvt.f32.f16 $7, e7;
+        }""",
+        constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r,r",
+        args=[words, c + _BNB_LO0, c + _BNB_LO1, c + _BNB_LO2, c + _BNB_LO3,
+              c + _BNB_HI0, c + _BNB_HI1, c + _BNB_HI2, c + _BNB_HI3],
+        dtype=(tl.float32, ) * 8, is_pure=True, pack=1)
+
+
+@triton.jit
 def part_field(q, j: tl.constexpr):
-    """table[code] (fp32) of element j of each word, q = (words, the 64-byte-aligned table's address as int64).
-    Byte b of a word holds elements 2b (high nibble) and 2b + 1, so element j sits at bit (4j) ^ 4 (twin:
-    ir.formats.bnb.unpack_words_hi_first; the byte offset 4 * code is cut directly)."""
-    words, table = q
-    off = (words >> (((4 * j) ^ 4) - 2)) & 0x3C if j != 1 else (words << 2) & 0x3C
-    return tl.load((table | off.to(tl.int64)).to(tl.pointer_type(tl.float32), bitcast=True))
+    """table[code] (fp32 of the fp16-rounded entry) of element j of each word: q is _bnb_lut8's tuple."""
+    return q[j]
 
 
 @triton.jit
@@ -75,9 +147,8 @@ def _bnb_values(weight_ptr, quant_map_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.co
     """table[code] [BLOCK_K, BLOCK_N] of the tile at k0 (element [i, j] is at (offs_n[j], k0 + i)); the 8 fields
     are looked up on word-shaped tiles, then interleaved (nested joins stack new dims innermost first, so the
     pairs are (j, j + 4), then (j, j + 2), then (j, j + 1))."""
-    q = (_bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K), quant_map_ptr.to(tl.int64, bitcast=True))
-    v = tl.join(tl.join(tl.join(part_field(q, 0), part_field(q, 4)), tl.join(part_field(q, 2), part_field(q, 6))),
-                tl.join(tl.join(part_field(q, 1), part_field(q, 5)), tl.join(part_field(q, 3), part_field(q, 7))))
+    q = _bnb_lut8(_bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K), quant_map_ptr, (offs_n >> 31)[None, :])
+    v = tl.join(tl.join(tl.join(q[0], q[4]), tl.join(q[2], q[6])), tl.join(tl.join(q[1], q[5]), tl.join(q[3], q[7])))
     return tl.reshape(tl.permute(tl.reshape(v, (BLOCK_K // 8, BLOCK_N, 8)), (0, 2, 1)), (BLOCK_K, BLOCK_N))
 
 
@@ -209,8 +280,6 @@ def run(x, tensors, N, bias=None, out=None):
     t = dict(tensors)
     if t["weight"].data_ptr() % 16:  # the kernel reads the packed bytes as 16-byte-aligned int32 words
         t["weight"] = t["weight"].clone()
-    if t["quant_map"].data_ptr() % 64:  # part_field ORs the code's byte offset into the table's address
-        t["quant_map"] = t["quant_map"].clone()
 
     K = x.shape[-1]
     lead = x.shape[:-1]
