@@ -2,7 +2,7 @@
 # kernel:   bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_fp4   spec key: de67cf8c1d6d2818fda33a5396db04ff5cc443d76fbe3389dbad9662d4900246
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 48fcc1c1f3b74764
+# arch:     sm90   family: gemv   template hash: d6cb035612d4fe16
 """bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_fp4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -85,7 +85,7 @@ def _bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.constexpr):
 def _bnb_lut8(words, quant_map_ptr, opaque_zero):
     """The 8 elements of each word as fp32 values of the fp16-rounded table, element j (bit (4j) ^ 4: byte j // 2,
     high nibble for even j) first; twin: ir.formats.bnb.lut_words_fp16. `opaque_zero` is int32 zeros the compiler
-    cannot prove zero (offs_n >> 31): added to the table words, it keeps them in registers across the K loop (as
+    cannot prove zero (K >> 31): added to the table words, it keeps them in registers across the K loop (as
     constants, ptxas re-materialized one with a MOV before each PRMT: 8 more instructions per word)."""
     if _BNB_INTERPRETED:
         return tuple(tl.load(quant_map_ptr + ((words >> ((4 * j) ^ 4)) & 0xF)).to(tl.float16).to(tl.float32)
@@ -99,20 +99,14 @@ def _bnb_lut8(words, quant_map_ptr, opaque_zero):
         shr.u32 hw, $8, 16;
         and.b32 hs, hw, 0x7777;
         shl.b32 ws, $8, 4;
-        prmt.b32 m0, $8, ws, 0x9D8C;
-        prmt.b32 m1, $8, ws, 0xBFAE;
-        prmt.b32 a, $9, $10, $8;
-        prmt.b32 b, $11, $12, s;
-        lop3.b32 l0, a, b, m0, 0xD8;
-        prmt.b32 a, $13, $14, $8;
-        prmt.b32 b, $15, $16, s;
-        lop3.b32 h0, a, b, m0, 0xD8;
-        prmt.b32 a, $9, $10, hw;
-        prmt.b32 b, $11, $12, hs;
-        lop3.b32 l1, a, b, m1, 0xD8;
-        prmt.b32 a, $13, $14, hw;
-        prmt.b32 b, $15, $16, hs;
-        lop3.b32 h1, a, b, m1, 0xD8;
+        prmt.b32 m0, $8, ws, 0x1504;
+        prmt.b32 m1, $8, ws, 0x3726;
+        prmt.b32 l0, $9, $10, s;
+        prmt.b32 a, $11, $12, s;
+        lop3.b32 h0, a, m0, 0x80808080, 0xF8;
+        prmt.b32 l1, $9, $10, hs;
+        prmt.b32 a, $11, $12, hs;
+        lop3.b32 h1, a, m1, 0x80808080, 0xF8;
         prmt.b32 p0, l0, h0, 0x5140;
         prmt.b32 p1, l0, h0, 0x7362;
         prmt.b32 p2, l1, h1, 0x5140;
@@ -130,9 +124,8 @@ def _bnb_lut8(words, quant_map_ptr, opaque_zero):
         cvt.f32.f16 $6, e6;
         cvt.f32.f16 $7, e7;
         }""",
-        constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r,r,r,r,r",
-        args=[words, c + _BNB_LO0, c + _BNB_LO1, c + _BNB_LO2, c + _BNB_LO3,
-              c + _BNB_HI0, c + _BNB_HI1, c + _BNB_HI2, c + _BNB_HI3],
+        constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r,r,r",
+        args=[words, c + _BNB_LO0, c + _BNB_LO1, c + _BNB_HI0, c + _BNB_HI1],
         dtype=(tl.float32, ) * 8, is_pure=True, pack=1)
 
 
@@ -147,7 +140,7 @@ def _bnb_values(weight_ptr, quant_map_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.co
     """table[code] [BLOCK_K, BLOCK_N] of the tile at k0 (element [i, j] is at (offs_n[j], k0 + i)); the 8 fields
     are looked up on word-shaped tiles, then interleaved (nested joins stack new dims innermost first, so the
     pairs are (j, j + 4), then (j, j + 2), then (j, j + 1))."""
-    q = _bnb_lut8(_bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K), quant_map_ptr, (offs_n >> 31)[None, :])
+    q = _bnb_lut8(_bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K), quant_map_ptr, (K >> 31))
     v = tl.join(tl.join(tl.join(q[0], q[4]), tl.join(q[2], q[6])), tl.join(tl.join(q[1], q[5]), tl.join(q[3], q[7])))
     return tl.reshape(tl.permute(tl.reshape(v, (BLOCK_K // 8, BLOCK_N, 8)), (0, 2, 1)), (BLOCK_K, BLOCK_N))
 

@@ -2,7 +2,7 @@
 # kernel:   bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_nf4   spec key: 9a29cc1de6539bdda5423ea84d6003caf87264dc9d1efa33ad520f055ffb0705
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 48fcc1c1f3b74764
+# arch:     sm90   family: gemv   template hash: d6cb035612d4fe16
 """bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_nf4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -85,7 +85,7 @@ def _bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.constexpr):
 def _bnb_lut8(words, quant_map_ptr, opaque_zero):
     """The 8 elements of each word as fp32 values of the fp16-rounded table, element j (bit (4j) ^ 4: byte j // 2,
     high nibble for even j) first; twin: ir.formats.bnb.lut_words_fp16. `opaque_zero` is int32 zeros the compiler
-    cannot prove zero (offs_n >> 31): added to the table words, it keeps them in registers across the K loop (as
+    cannot prove zero (K >> 31): added to the table words, it keeps them in registers across the K loop (as
     constants, ptxas re-materialized one with a MOV before each PRMT: 8 more instructions per word)."""
     if _BNB_INTERPRETED:
         return tuple(tl.load(quant_map_ptr + ((words >> ((4 * j) ^ 4)) & 0xF)).to(tl.float16).to(tl.float32)
@@ -147,7 +147,7 @@ def _bnb_values(weight_ptr, quant_map_ptr, k0, offs_n, mask_n, K, BLOCK_K: tl.co
     """table[code] [BLOCK_K, BLOCK_N] of the tile at k0 (element [i, j] is at (offs_n[j], k0 + i)); the 8 fields
     are looked up on word-shaped tiles, then interleaved (nested joins stack new dims innermost first, so the
     pairs are (j, j + 4), then (j, j + 2), then (j, j + 1))."""
-    q = _bnb_lut8(_bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K), quant_map_ptr, (offs_n >> 31)[None, :])
+    q = _bnb_lut8(_bnb_words(weight_ptr, k0, offs_n, mask_n, K, BLOCK_K), quant_map_ptr, (K >> 31))
     v = tl.join(tl.join(tl.join(q[0], q[4]), tl.join(q[2], q[6])), tl.join(tl.join(q[1], q[5]), tl.join(q[3], q[7])))
     return tl.reshape(tl.permute(tl.reshape(v, (BLOCK_K // 8, BLOCK_N, 8)), (0, 2, 1)), (BLOCK_K, BLOCK_N))
 
