@@ -104,3 +104,32 @@ def magic_u2f(codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
             raise ValueError(f"magic_u2f: float16 needs 0 <= q < 1024, got [{int(q.min())}, {int(q.max())}]")
         return (q | 0x6400).to(torch.int16).view(torch.float16) - 1024.0
     raise ValueError(f"magic_u2f: dtype must be torch.float32 or torch.float16, got {dtype}")
+
+
+def part_position(bits: int, j: int) -> int:
+    """Mantissa bit where the M=1 gemv's part_code places field j of an LSB-first int32 word of 32 // bits fields
+    (twin of _part_place/_part_pos in templates/triton/decode/_packed_affine.jinja): NW fields per rotation of the
+    word at bits P0, P0 + bits, ... with 12 <= P0 (offsets c = 2**(23 - p) <= 2**11), counting from field
+    P0 / bits, unrotated when bits divides P0; P0 takes the fewest rotations per word, then the smallest c."""
+    per = 32 // bits
+    best = (99, 0)
+    for p0 in range(12, 24 - bits):
+        nw = (23 - p0) // bits
+        cost = -(-per // nw) - (1 if p0 % bits == 0 else 0)
+        if cost <= best[0]:
+            best = (cost, p0)
+    p0 = best[1]
+    j0 = p0 // bits if p0 % bits == 0 else 0
+    return p0 + bits * (((j - j0) % per) % ((23 - p0) // bits))
+
+
+def part_code(words: torch.Tensor, j: int, bits: int) -> torch.Tensor:
+    """float32 c + q for field q = j of int32 words, c = 2**(23 - p), p = part_position(bits, j): the word rotated
+    right by (bits * j - p) mod 32 puts the field at mantissa bit p; masked, with the exponent of 2**(23 - p) set,
+    the bits read as c + q exactly (twin of the gemv's part_code: a rotate and one LOP3, no int->float convert)."""
+    p = part_position(bits, j)
+    r = (bits * j - p) % 32
+    w = words.to(torch.int64) & 0xFFFFFFFF
+    v = ((w >> r) | (w << (32 - r))) & 0xFFFFFFFF
+    f = (v & (((1 << bits) - 1) << p)) | ((150 - p) << 23)
+    return f.to(torch.int32).view(torch.float32)

@@ -2,7 +2,7 @@
 # kernel:   autoround_b4_g128_sym_75539079_sm90_gemv_m1n64k128s1w4p2
 # format:   autoround   spec key: 755390793d37131d0cd1c1f093a2af811347fd220db5a5bf335a833c8c151800
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: cdaff2773fc13f76
+# arch:     sm90   family: gemv   template hash: e9067ea04db474b8
 """autoround_b4_g128_sym_75539079_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `autoround` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -107,24 +107,24 @@ BITS: tl.constexpr, DESC_ACT: tl.constexpr, GROUP_SIZE: tl.constexpr, SYM: tl.co
 
 
 @triton.jit
-def _fields_f32(words, slot, BITS: tl.constexpr):
-    """Float32 of the BITS-wide field `slot` of LSB-first int32 words, exact and without an int->float
-    conversion (those run at a quarter of the LOP3/FFMA rate on sm80/sm90): the field stays at its bit
-    position p (the word is shifted right 16 first if the field would reach the float exponent), one LOP3
-    keeps it and sets the exponent bits of 2**23 ((w | E) & (mask | E) == (w & mask) | E), which reads as
-    2**23 + q * 2**p; one FFMA by 2**-p minus 2**(23 - p) leaves q. Twin: ir.bitpack.magic_u2f."""
-    pos = slot * BITS
-    sh = tl.where(pos + BITS > 23, 16, 0)
-    p = pos - sh
-    f = ((words >> sh) | 0x4B000000) & ((((1 << BITS) - 1) << p) | 0x4B000000)
-    return f.to(tl.float32, bitcast=True) * (1.0 / (1 << p).to(tl.float32)) - (1 << (23 - p)).to(tl.float32)
-
-
-
-@triton.jit
-def part_field(words, j: tl.constexpr):
-    """Field j of each word as float32 (exact, no int->float convert)."""
-    return _fields_f32(words, j, 4)
+def part_code(words, j: tl.constexpr, INTERPRETED: tl.constexpr):
+    """c_j + q_j as float32, exact, for field j of each int32 word, without an int->float conversion (those run at
+    a quarter of the LOP3/FFMA rate on sm80/sm90): the word is rotated so the field lands at mantissa bit P
+    (no rotation for the fields already there), and one LOP3 keeps it and sets the exponent of 2**(23 - P),
+    reading as c_j + q_j with c_j = 2**(23 - P). The kernel subtracts sum_j c_j x_j once per word row
+    (twin: ir.bitpack.part_code)."""
+    P: tl.constexpr = 12 + 4 * (((j - 3) % 8) % 2)   # as _part_pos
+    R: tl.constexpr = (4 * j - P) % 32   # right rotation
+    v = words.to(tl.uint32, bitcast=True)
+    if R != 0:
+        v = (v >> R) | (v << (32 - R))
+    if INTERPRETED:
+        return ((v & (15 << P)) | ((150 - P) << 23)).to(tl.float32, bitcast=True)
+    else:  # one LOP3: written in triton, ptxas splits the two immediates into an AND and an OR
+        return tl.inline_asm_elementwise(
+            asm="lop3.b32 $0, $1, $2, $3, 0xea;", constraints="=r,r,r,r",
+            args=[v, tl.full(v.shape, 15 << P, tl.uint32), tl.full(v.shape, (150 - P) << 23, tl.uint32)],
+            dtype=tl.float32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -185,13 +185,43 @@ BITS, DESC_ACT, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         k3 = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K // PER)[:, None] * PER
         x_row = x_ptr + pid_m * stride_xm
         x_mask = (k3 < K) & (pid_m < M)  # K is a multiple of PER (whole words), so k3 < K covers all PER fields
-        t = tl.zeros((BLOCK_K // PER, BLOCK_N), dtype=tl.float32)
-        xs = tl.zeros((BLOCK_K // PER, 1), dtype=tl.float32)
-        for j in tl.static_range(PER):
-            xj = tl.load(x_row + k3 + j, mask=x_mask, other=0.0).to(tl.float32)
-            t += xj * part_field(q, j)
-            xs += xj
-        acc2 += s * (t - z * xs)
+        # the tile's x as [BLOCK_K / PER, PER] (one load), cut into its PER columns by halving splits: x_j is
+        # column j, the x of field j of every word row (the first split takes bit 0 of j, the next bit 1, ...)
+        xt = tl.reshape(tl.load(x_row + k3 + tl.arange(0, PER)[None, :], mask=x_mask, other=0.0).to(tl.float32),
+                        (BLOCK_K // PER, 2, 2, 2))
+        xt1_0, xt1_1 = tl.split(xt)
+        xt2_0, xt2_1 = tl.split(xt1_0)
+        xt2_2, xt2_3 = tl.split(xt1_1)
+        xt3_0, xt3_1 = tl.split(xt2_0)
+        xt3_2, xt3_3 = tl.split(xt2_1)
+        xt3_4, xt3_5 = tl.split(xt2_2)
+        xt3_6, xt3_7 = tl.split(xt2_3)
+        x0 = xt3_0[:, None]
+        x1 = xt3_4[:, None]
+        x2 = xt3_2[:, None]
+        x3 = xt3_6[:, None]
+        x4 = xt3_1[:, None]
+        x5 = xt3_5[:, None]
+        x6 = xt3_3[:, None]
+        x7 = xt3_7[:, None]
+        xs0 = x0 + x2 + x4 + x6  # fields with c_j = 128.0
+        xs1 = x1 + x3 + x5 + x7  # fields with c_j = 2048.0
+        # part_code(q, j) is c_j + q_j exactly (c_j = parts_offset, a power of two <= 2**11): t starts at
+        # -(z * sum_j x_j + sum_j c_j x_j) and ends at sum_j x_j (q_j - z), one LOP3 (+ a shared rotate) and one FFMA
+        # per weight. Precision: fp32 terms of size c_j |x_j| cancel, an error of about 2**-24 * PER * 2**11 * max|x_j|
+        # per word row (gptq 4-bit, heavy-tailed x: 3.1e-4 relative in fp16 y against 3.0e-4 before, y's rounding)
+        nxs = -(xs0 + xs1)
+        nxc = -(128.0 * xs0 + 2048.0 * xs1)
+        t = z * nxs + nxc
+        t += x0 * part_code(q, 0, INTERPRETED)
+        t += x1 * part_code(q, 1, INTERPRETED)
+        t += x2 * part_code(q, 2, INTERPRETED)
+        t += x3 * part_code(q, 3, INTERPRETED)
+        t += x4 * part_code(q, 4, INTERPRETED)
+        t += x5 * part_code(q, 5, INTERPRETED)
+        t += x6 * part_code(q, 6, INTERPRETED)
+        t += x7 * part_code(q, 7, INTERPRETED)
+        acc2 += s * t
     acc = tl.sum(acc2, axis=0)[None, :]
     # epilogue
     out = acc
