@@ -68,7 +68,7 @@ def test_bnb_kernel_misaligned_weight_view(gen):
 
 
 def _run_ptx(asm: str, inputs: list[int]) -> list[int]:
-    """Execute the straight-line PTX of _bnb_lut8 (and/shr/shl/prmt/lop3/mov/cvt on .b32/.b16 registers) for one
+    """Execute the straight-line PTX of _bnb_lut8 (and/shr/shl/mul/prmt/lop3/mov/cvt on .b32/.b16 registers) for one
     set of 32-bit inputs ($8, $9, ...) and return the 32-bit outputs $0..$7 (fp32 bit patterns)."""
     regs = {f"${8 + i}": v & 0xFFFFFFFF for i, v in enumerate(inputs)}
 
@@ -107,6 +107,8 @@ def _run_ptx(asm: str, inputs: list[int]) -> list[int]:
             "and.b32": lambda: v[0] & v[1],
             "shr.u32": lambda: v[0] >> v[1],
             "shl.b32": lambda: (v[0] << v[1]) & 0xFFFFFFFF,
+            "mul.hi.u32": lambda: (v[0] * v[1]) >> 32,
+            "mul.lo.u32": lambda: (v[0] * v[1]) & 0xFFFFFFFF,
             "prmt.b32": lambda: prmt(*v),
             "lop3.b32": lambda: lop3(*v),
             "cvt.f32.f16": lambda: torch.tensor([v[0]], dtype=torch.int32).to(torch.int16).view(torch.float16)

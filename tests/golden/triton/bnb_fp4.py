@@ -2,7 +2,7 @@
 # kernel:   bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_fp4   spec key: de67cf8c1d6d2818fda33a5396db04ff5cc443d76fbe3389dbad9662d4900246
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: d6cb035612d4fe16
+# arch:     sm90   family: gemv   template hash: 35e24c81b921574e
 """bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_fp4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -95,10 +95,10 @@ def _bnb_lut8(words, quant_map_ptr, opaque_zero):
         asm="""{
         .reg .b32 s, hw, hs, ws, m0, m1, a, b, l0, h0, l1, h1, p0, p1, p2, p3;
         .reg .b16 e0, e1, e2, e3, e4, e5, e6, e7;
-        and.b32 s, $8, 0x7777;
-        shr.u32 hw, $8, 16;
-        and.b32 hs, hw, 0x7777;
-        shl.b32 ws, $8, 4;
+        and.b32 s, $8, 0x77777777;
+        mul.hi.u32 hw, $8, 65536;
+        mul.hi.u32 hs, s, 65536;
+        mul.lo.u32 ws, $8, 16;
         prmt.b32 m0, $8, ws, 0x1504;
         prmt.b32 m1, $8, ws, 0x3726;
         prmt.b32 l0, $9, $10, s;
