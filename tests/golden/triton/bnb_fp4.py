@@ -2,7 +2,7 @@
 # kernel:   bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_fp4   spec key: de67cf8c1d6d2818fda33a5396db04ff5cc443d76fbe3389dbad9662d4900246
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 35e24c81b921574e
+# arch:     sm90   family: gemv   template hash: d39a67c9f219e075
 """bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_fp4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -130,8 +130,9 @@ def _bnb_lut8(words, quant_map_ptr, opaque_zero):
 
 
 @triton.jit
-def part_field(q, j: tl.constexpr):
-    """table[code] (fp32 of the fp16-rounded entry) of element j of each word: q is _bnb_lut8's tuple."""
+def part_code(q, j: tl.constexpr, INTERPRETED: tl.constexpr):
+    """table[code] (fp32 of the fp16-rounded entry) of element j of each word: q is _bnb_lut8's tuple (the gemv
+    family's part_code contract with parts_offset 0: the values carry no offset)."""
     return q[j]
 
 

@@ -2,7 +2,7 @@
 # kernel:   bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_nf4   spec key: 9a29cc1de6539bdda5423ea84d6003caf87264dc9d1efa33ad520f055ffb0705
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 35e24c81b921574e
+# arch:     sm90   family: gemv   template hash: d39a67c9f219e075
 """bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_nf4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -137,8 +137,9 @@ def _bnb_lut8(words, quant_map_ptr, opaque_zero):
 
 
 @triton.jit
-def part_field(q, j: tl.constexpr):
-    """table[code] (fp32 of the fp16-rounded entry) of element j of each word: q is _bnb_lut8's tuple."""
+def part_code(q, j: tl.constexpr, INTERPRETED: tl.constexpr):
+    """table[code] (fp32 of the fp16-rounded entry) of element j of each word: q is _bnb_lut8's tuple (the gemv
+    family's part_code contract with parts_offset 0: the values carry no offset)."""
     return q[j]
 
 
