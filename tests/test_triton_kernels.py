@@ -115,3 +115,5 @@ def test_gemv_folded_offsets_heavy_tailed_x(name, quantized, gen):
     x = (torch.randn(1, K, generator=gen) * torch.exp(2.0 * torch.randn(1, K, generator=gen))).clamp(-3e4, 3e4)
     err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=x)
     assert err < 6e-4, f"{name}: rel err {err:.2e}"
+    err = check_kernel(mod, qt, 1, torch.bfloat16, gen, bias=True, device=DEVICE, x=x)
+    assert err < REL_TOL[torch.bfloat16], f"{name} bf16: rel err {err:.2e}"
