@@ -26,7 +26,7 @@ import torch
 import ir
 from codegen.arch import ARCHES, default_config, get_arch, kernel_family
 from ir import KernelConfig, SpecError
-from runtime.tuning import DB_DIR, m_bucket
+from runtime.tuning import DB_DIR, entry_matches_kernel, m_bucket
 
 from .db import DatabaseError, db_path, is_stale, load, load_for_write, stale_reasons
 from .space import BACKENDS, Search, candidates, tuning_m
@@ -151,6 +151,21 @@ def cmd_sweep(args) -> int:
     return 0 if all(r.winner is not None for r in rows) else 1
 
 
+def _kernel_state(key: str, e: dict, header: dict) -> str:
+    """"same" when the current templates still render the kernel the entry timed (Triton entries; the hash
+    covers the generated source), "changed" when they do not, "-" when that cannot be told here."""
+    spec_key, backend, N, K, bucket = key.split("|")
+    if backend != "triton" or "kernel_hash" not in e:
+        return "-"
+    try:
+        spec, _ = parse_format(format_arg(e["format"], e.get("options", {})))
+        cfg = KernelConfig(**e["config"])
+    except (SpecError, TypeError, ValueError):
+        return "changed"
+    same = spec.key == spec_key and entry_matches_kernel(e, spec, int(bucket), int(N), int(K), cfg, header["arch"])
+    return "same" if same else "changed"
+
+
 def _show_file(path: Path, current: dict | None) -> None:
     data = load(path)
     h = data["header"]
@@ -164,7 +179,7 @@ def _show_file(path: Path, current: dict | None) -> None:
             "stale here (" + "; ".join(soft) + ")" if soft else "matches this machine"
         print(f"  {state}")
     head = ("format", "N", "K", "backend", "M bucket", "config", "us", "runner-up", "us", "default us", "speedup",
-            "stale")
+            "kernel", "stale")
     rows = []
     for key, e in data["entries"].items():
         _, backend, N, K, bucket = key.split("|")
@@ -173,8 +188,12 @@ def _show_file(path: Path, current: dict | None) -> None:
         rows.append((format_arg(e["format"], e.get("options", {})), N, K, backend,
                      ">256" if bucket == "512" else bucket, KernelConfig(**e["config"]).label, f"{e['us']:.2f}",
                      KernelConfig(**ru["config"]).label if ru else "-", f"{ru['us']:.2f}" if ru else "-",
-                     f"{d:.2f}" if d else "-", f"{d / e['us']:.2f}x" if d else "-",
+                     f"{d:.2f}" if d else "-", f"{d / e['us']:.2f}x" if d else "-", _kernel_state(key, e, h),
                      "yes: " + "; ".join(stale_reasons(e, h, ref)) if is_stale(e, h, ref) else ""))
+    changed = sum(r[11] == "changed" for r in rows)
+    if changed:
+        print(f"  {changed} of {len(rows)} entries timed a kernel the current templates no longer generate "
+              f"(kernel = changed): the runtime ignores them and `sweep` re-tunes them")
     rows.sort(key=lambda r: (r[0], int(r[1]), int(r[2]), r[3], 10 ** 6 if r[4] == ">256" else int(r[4])))
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     for r in [head] + rows:

@@ -151,6 +151,14 @@ def test_cli_show_and_refusals(tmp_path, fake_kernels, capsys):
     out = capsys.readouterr().out
     assert "nvidia_h100_80gb_hbm3.json: 4 entries" in out and "template_hash=feedface" in out
     assert out.count("gptq ") >= 2 and "bnb_nf4" in out
+    assert out.count(" same") == 4 and "changed" not in out
+    data = json.loads(path.read_text())
+    next(iter(data["entries"].values()))["kernel_hash"] = "0" * 16   # as if a template edit changed that kernel
+    path.write_text(json.dumps(data))
+    assert main(["show", "--db-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 4 entries timed a kernel the current templates no longer generate" in out
+    assert out.count(" same") == 3 and out.count(" changed") == 2
     assert main(["show", "--db-dir", str(tmp_path), "--gpu", "NVIDIA H100 80GB HBM3"]) == 0
     capsys.readouterr()
     assert main(["show", "--db-dir", str(tmp_path), "--gpu", "NVIDIA A100-SXM4-80GB"]) == 1
@@ -164,7 +172,9 @@ def test_cli_show_and_refusals(tmp_path, fake_kernels, capsys):
 
 def test_plan_counts_cases_and_estimates_device_time(capsys):
     cases, _ = plan_cases(["all"], [(4096, 4096)], [1, 16], ["triton"], out=lambda m: None)
-    assert {c.fmt_arg for c in cases} == set(ir.list_formats())      # `all`: every registered format
+    # `all`: every registered format, once per spec (aliases such as aqlm = aqlm_1x16 are tuned once)
+    specs = {ir.get_format(n).key: n for n in reversed(ir.list_formats())}
+    assert {c.fmt_arg for c in cases} == set(specs.values()) and len(cases) == 2 * len(specs)
     assert main(["plan", "--formats", "all", "gptq", "--shapes", "4096,4096", "--batches", "1", "16",
                  "--per-candidate-s", "0.1", "--candidates-per-case", "10", "--prepare-s", "0"]) == 0
     out = capsys.readouterr().out
