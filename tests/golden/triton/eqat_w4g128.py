@@ -2,7 +2,7 @@
 # kernel:   eqat_w4g128_b4_g128_1552d827_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat_w4g128   spec key: 1552d827097a91721828b29a086f15615b518a85dc89e9340eac792d07c79c10
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 359677853b52609e
+# arch:     sm90   family: gemv   template hash: 4aa6ebf31befbfc6
 """eqat_w4g128_b4_g128_1552d827_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat_w4g128` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -208,7 +208,8 @@ BITS, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         nxs = -(xs0 + xs1)
         nxc = -(128.0 * xs0 + 2048.0 * xs1)
         t = z * nxs + nxc
-        t += x0 * part_code(q, 0, INTERPRETED)
+        # fields from the first with the largest offset on, cyclically: a rotate's fields come in a row (fewer live
+        # registers: gptq n64 config 96 -> 80)
         t += x1 * part_code(q, 1, INTERPRETED)
         t += x2 * part_code(q, 2, INTERPRETED)
         t += x3 * part_code(q, 3, INTERPRETED)
@@ -216,6 +217,7 @@ BITS, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         t += x5 * part_code(q, 5, INTERPRETED)
         t += x6 * part_code(q, 6, INTERPRETED)
         t += x7 * part_code(q, 7, INTERPRETED)
+        t += x0 * part_code(q, 0, INTERPRETED)
         acc2 += s * t
     acc = tl.sum(acc2, axis=0)[None, :]
     # epilogue

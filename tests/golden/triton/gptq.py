@@ -2,7 +2,7 @@
 # kernel:   gptq_b4_g128_e10a8ca0_sm90_gemv_m1n64k128s1w4p2
 # format:   gptq   spec key: e10a8ca001483d15160aae86fe37910832460c459e40366e9b06265a5043a843
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: e9067ea04db474b8
+# arch:     sm90   family: gemv   template hash: ae2b4d32e6ba279d
 """gptq_b4_g128_e10a8ca0_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gptq` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -213,7 +213,8 @@ BITS, DESC_ACT, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         nxs = -(xs0 + xs1)
         nxc = -(128.0 * xs0 + 2048.0 * xs1)
         t = z * nxs + nxc
-        t += x0 * part_code(q, 0, INTERPRETED)
+        # fields from the first with the largest offset on, cyclically: a rotate's fields come in a row (fewer live
+        # registers: gptq n64 config 96 -> 80)
         t += x1 * part_code(q, 1, INTERPRETED)
         t += x2 * part_code(q, 2, INTERPRETED)
         t += x3 * part_code(q, 3, INTERPRETED)
@@ -221,6 +222,7 @@ BITS, DESC_ACT, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         t += x5 * part_code(q, 5, INTERPRETED)
         t += x6 * part_code(q, 6, INTERPRETED)
         t += x7 * part_code(q, 7, INTERPRETED)
+        t += x0 * part_code(q, 0, INTERPRETED)
         acc2 += s * t
     acc = tl.sum(acc2, axis=0)[None, :]
     # epilogue

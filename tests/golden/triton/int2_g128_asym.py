@@ -2,7 +2,7 @@
 # kernel:   int2_g128_asym_b2_g128_b208a0f6_sm90_gemv_m1n64k128s1w4p2
 # format:   int2_g128_asym   spec key: b208a0f6614f1a44126d08228676ca558bd8c16323a0f7bfeda113a0e9aebbd3
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: e9067ea04db474b8
+# arch:     sm90   family: gemv   template hash: ae2b4d32e6ba279d
 """int2_g128_asym_b2_g128_b208a0f6_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int2_g128_asym` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -228,9 +228,8 @@ BITS, DESC_ACT, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         nxs = -(xs0 + xs1 + xs2 + xs3)
         nxc = -(128.0 * xs0 + 32.0 * xs1 + 8.0 * xs2 + 512.0 * xs3)
         t = z * nxs + nxc
-        t += x0 * part_code(q, 0, INTERPRETED)
-        t += x1 * part_code(q, 1, INTERPRETED)
-        t += x2 * part_code(q, 2, INTERPRETED)
+        # fields from the first with the largest offset on, cyclically: a rotate's fields come in a row (fewer live
+        # registers: gptq n64 config 96 -> 80)
         t += x3 * part_code(q, 3, INTERPRETED)
         t += x4 * part_code(q, 4, INTERPRETED)
         t += x5 * part_code(q, 5, INTERPRETED)
@@ -244,6 +243,9 @@ BITS, DESC_ACT, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         t += x13 * part_code(q, 13, INTERPRETED)
         t += x14 * part_code(q, 14, INTERPRETED)
         t += x15 * part_code(q, 15, INTERPRETED)
+        t += x0 * part_code(q, 0, INTERPRETED)
+        t += x1 * part_code(q, 1, INTERPRETED)
+        t += x2 * part_code(q, 2, INTERPRETED)
         acc2 += s * t
     acc = tl.sum(acc2, axis=0)[None, :]
     # epilogue
