@@ -55,15 +55,16 @@ def test_bnb_kernel_options(name, blocksize, dq, K, M, cfg, gen):
 def test_bnb_kernel_misaligned_weight_view(gen):
     """The kernel reads the bytes as int32 words; a weight view off a 16-byte boundary is copied first."""
     qt = _qt("bnb_nf4", 64, True, 192)
-    w = qt.tensors["weight"]
-    buf = torch.empty(w.numel() + 1, dtype=torch.uint8)
+    tensors = {k: v.to(DEVICE) for k, v in qt.tensors.items()}
+    w = tensors["weight"]
+    buf = torch.empty(w.numel() + 1, dtype=torch.uint8, device=DEVICE)
     view = buf[1:].view_as(w)
     view.copy_(w)
     assert view.data_ptr() % 16
     mod = kernel_module(qt.spec, "gemv", 1, N, 192, _cfg(1, 64))
-    x = (torch.randn(1, 192, generator=gen) * 0.5).half()
-    ref = mod.run(x, dict(qt.tensors), N)
-    got = mod.run(x, dict(qt.tensors, weight=view), N)
+    x = (torch.randn(1, 192, generator=gen) * 0.5).half().to(DEVICE)
+    ref = mod.run(x, tensors, N)
+    got = mod.run(x, dict(tensors, weight=view), N)
     assert torch.equal(ref, got)
 
 
