@@ -30,7 +30,7 @@ from runtime.tuning import DB_DIR, entry_matches_kernel, m_bucket
 
 from .db import DatabaseError, db_path, is_stale, load, load_for_write, stale_reasons
 from .space import BACKENDS, Search, candidates, tuning_m
-from .sweep import FINAL_RESERVE, Case, result_table, run_sweep, summary
+from .sweep import FINAL_RESERVE, Case, result_table, run_sweep, summary, untuned
 from .verify import Reference, evaluate
 from codegen.__main__ import _parse_value, _shape
 
@@ -268,7 +268,7 @@ def plan_estimate(cases, arch: str, *, per_candidate_s: float, candidates_per_ca
                   prepare_s: float, max_candidates: int | None = None) -> list[dict]:
     """Per case: the descent's first ring (the default and its legal one-axis neighbours, exact), the
     candidates the sweep is expected to try (at least the ring, else `candidates_per_case`: the H100
-    sweeps of session 2 converged after a median 30-45), and its expected seconds: the search
+    sweeps of session 4, seeded from the database and with patience, tried 24 on average), and its expected seconds: the search
     (min(budget, tried x per candidate)) plus three finalists re-timed, plus `prepare_s` for the first
     case of each (format, shape) problem (synthetic weights and their reference decode)."""
     a = get_arch(arch)
@@ -295,6 +295,18 @@ def cmd_plan(args) -> int:
     if not cases:
         print("nothing to plan: give --formats, --shapes and --batches", file=sys.stderr)
         return 2
+    if args.gpu:   # leave out what that GPU's database already holds for the current kernels
+        path = db_path(args.gpu, args.db_dir)
+        if path.exists():
+            data = load(path)
+            todo = untuned(cases, data, data["header"])
+            print(f"{path}: {len(cases) - len(todo)} of {len(cases)} cases already tuned for the current kernels")
+            cases = todo
+        else:
+            print(f"{path}: no database yet; every case is to tune")
+        if not cases:
+            print("nothing left to tune")
+            return 0
     rows = plan_estimate(cases, args.arch, per_candidate_s=args.per_candidate_s,
                          candidates_per_case=args.candidates_per_case, budget_s=args.budget_s,
                          prepare_s=args.prepare_s, max_candidates=args.max_candidates)
@@ -353,7 +365,7 @@ def main(argv=None) -> int:
     s.add_argument("--budget-s", type=float, default=15.0, help="seconds per (format, shape, M bucket) case")
     s.add_argument("--max-candidates", type=int, default=None, help="stop a case after this many candidates")
     s.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 4), help="parallel compiles")
-    s.add_argument("--patience", type=int, default=20,
+    s.add_argument("--patience", type=int, default=16,
                    help="end a case after this many candidates in a row without a 1%% improvement (0: use the budget)")
     s.add_argument("--no-seeds", action="store_true",
                    help="do not start from the database's winners at the nearest M buckets and shapes")
@@ -385,12 +397,16 @@ def main(argv=None) -> int:
     s.add_argument("--arch", default="sm90", choices=sorted(ARCHES))
     s.add_argument("--budget-s", type=float, default=15.0, help="the sweep's seconds per case")
     s.add_argument("--max-candidates", type=int, default=None, help="the sweep's cap per case")
-    s.add_argument("--per-candidate-s", type=float, default=0.1,
+    s.add_argument("--per-candidate-s", type=float, default=0.16,
                    help="device seconds per candidate (compile wait, verify, screen); a sweep's summary "
-                        "gives the measured figure (seconds per case / candidates tried)")
-    s.add_argument("--candidates-per-case", type=int, default=40,
-                   help="candidates a case tries before the descent converges (H100, session 2: median 30-45)")
+                        "gives the measured figure (seconds per case / candidates tried); H100, session 4: 0.16")
+    s.add_argument("--candidates-per-case", type=int, default=24,
+                   help="candidates a case tries before it converges (H100, session 4, with database seeds and "
+                        "--patience 16: 24 on average over 451 cases; session 2 without them: 30-45)")
     s.add_argument("--prepare-s", type=float, default=1.0, help="seconds to prepare one (format, shape) problem")
+    s.add_argument("--gpu", default=None,
+                   help="leave out the cases this GPU's database (e.g. 'NVIDIA H100 80GB HBM3') already holds")
+    s.add_argument("--db-dir", default=None)
     s.set_defaults(fn=cmd_plan)
     s = sub.add_parser("space", help="count legal and pruned candidates for one problem")
     s.add_argument("--format", required=True)

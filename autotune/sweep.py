@@ -299,6 +299,17 @@ def _same_kernel(entry: dict, c: Case, arch: str) -> bool:
     return entry_matches_kernel(entry, c.spec, c.bucket, c.N, c.K, cfg, arch)
 
 
+def untuned(cases: list[Case], data: dict, header: dict) -> list[Case]:
+    """The cases that the database `data` (a loaded file) has no usable entry for: none, a stale one (other
+    soft versions than `header`), or one that timed a kernel the current templates no longer render."""
+    todo = []
+    for c in cases:
+        e = data["entries"].get(entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket))
+        if e is None or is_stale(e, data["header"], header) or not _same_kernel(e, c, header["arch"]):
+            todo.append(c)
+    return todo
+
+
 def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer: Timer, budget_s: float,
               options: dict, jobs: int = 8, fresh: bool = False, force: bool = False, max_candidates=None,
               dtype: torch.dtype = torch.float16, patience: int | None = None, seeds: bool = True,
@@ -309,13 +320,7 @@ def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer
     arch = header["arch"]
     existing = None if fresh else load_for_write(path, header)   # refuses a corrupt or foreign file up front
     entries = existing["entries"] if existing else {}
-    todo = []
-    for c in cases:
-        key = entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket)
-        e = entries.get(key)
-        if e is not None and not force and not is_stale(e, existing["header"], header) and _same_kernel(e, c, arch):
-            continue
-        todo.append(c)
+    todo = cases if force or existing is None else untuned(cases, existing, header)
     out(f"{len(cases)} cases, {len(cases) - len(todo)} already tuned for this machine in {path}, "
         f"{len(todo)} to tune (budget {budget_s:g} s each)")
     # ahead-of-time compilation needs real @triton.jit kernels and a GPU target (not the interpreter)

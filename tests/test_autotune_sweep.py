@@ -152,6 +152,11 @@ def test_cli_show_and_refusals(tmp_path, fake_kernels, capsys):
     assert "nvidia_h100_80gb_hbm3.json: 4 entries" in out and "template_hash=feedface" in out
     assert out.count("gptq ") >= 2 and "bnb_nf4" in out
     assert out.count(" same") == 4 and "changed" not in out
+    # plan --gpu leaves out what the database holds for the current kernels
+    assert main(["plan", "--formats", "gptq", "bnb_nf4", "--shapes", "64,256", "--batches", "1", "16", "32",
+                 "--gpu", HEADER["gpu"], "--db-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 of 6 cases already tuned for the current kernels" in out and out.count("    32    gemm       2") == 1
     data = json.loads(path.read_text())
     next(iter(data["entries"].values()))["kernel_hash"] = "0" * 16   # as if a template edit changed that kernel
     path.write_text(json.dumps(data))
