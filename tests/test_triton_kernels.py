@@ -78,10 +78,11 @@ _SWAPPABLE = [n for n in FORMATS if ir.get_format(n).act_quant is None]   # swap
 @pytest.mark.parametrize("name,swap_ab", [(n, True) for n in _SWAPPABLE] + [(n, False) for n in _AFFINE_K])
 def test_gemm_small_k_tiles_swap_and_split(name, swap_ab, quantized, gen):
     """block_k=32 (inside one scale group: the gemm's pair-decode path where a format has one), swap_ab both
-    ways, split_k=2 (one-launch split-K reduction), 2 M tiles with a ragged last one, bias."""
+    ways, split_k=2 (one-launch split-K reduction), 2 M tiles with a ragged last one, 1-3 N tiles
+    (N = 32-96, mostly a ragged last one), bias."""
     qt, _, _ = quantized(name)
     N, K = qt.shape
-    cfg = ir.KernelConfig(block_m=16, block_n=16, block_k=32, split_k=2, num_warps=4, num_stages=1, swap_ab=swap_ab)
+    cfg = ir.KernelConfig(block_m=16, block_n=32, block_k=32, split_k=2, num_warps=4, num_stages=1, swap_ab=swap_ab)
     mod = kernel_module(qt.spec, "gemm", 17, N, K, cfg)
     dtype = torch.bfloat16 if swap_ab else torch.float16
     err = check_kernel(mod, qt, 17, dtype, gen, bias=True, device=DEVICE)
