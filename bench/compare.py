@@ -96,7 +96,8 @@ def merge(docs: list[dict], names: list[str]) -> dict:
         for c in d["cases"]:
             if c["id"] in cases and c["status"] == "not_run":
                 continue  # a shard that ran out of time does not erase a case another shard measured
-            cases[c["id"]] = c
+            # which code measured it (a merged file mixes shards of several commits; kept through re-merges)
+            cases[c["id"]] = dict(c, commit=c.get("commit") or d["header"].get("git_commit"))
     return {"header": header, "runs": runs, "cases": list(cases.values())}
 
 

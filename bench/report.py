@@ -156,9 +156,13 @@ def render_markdown(doc: dict) -> str:
             lines += _class_table(f"M={M}: speedup vs fp16 cuBLAS", head, sep, order, shapes, by, M,
                                   "speedup_vs_fp16", lambda c: f"{c['speedup_vs_fp16']:.2f}x")
     lines += ["## All cases", ""]
+    commits = len({c.get("commit") for c in cases}) > 1   # merged shards: say which commit measured each row
+    if commits:
+        lines += ["`commit`: the code that measured the row (merged shards of several commits).", ""]
     for n, k in shapes:
         lines += [f"### {n}x{k}", "", "| format | M | status | config (source) | rel err | us | eager us | MB | "
-                  "TB/s | floor us | % floor | x fp16 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "TB/s | floor us | % floor | x fp16 |" + (" commit |" if commits else ""),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if commits else "")]
         for M in batches:
             for lab in order:
                 c = by.get((lab, n, k, M))
@@ -170,7 +174,7 @@ def render_markdown(doc: dict) -> str:
                     f"{_fmt(c.get('us'), '.1f')} | {_fmt(c.get('eager_us'), '.0f')} | "
                     f"{_fmt(c['bytes'] / 1e6 if c.get('bytes') else None, '.1f')} | {_fmt(c.get('tbps'), '.2f')} | "
                     f"{_fmt(c.get('floor_us'), '.1f')} | {_fmt(c.get('floor_frac'), '.0%')} | "
-                    f"{_fmt(c.get('speedup_vs_fp16'), '.2f')} |")
+                    f"{_fmt(c.get('speedup_vs_fp16'), '.2f')} |" + (f" {c.get('commit') or '-'} |" if commits else ""))
         lines.append("")
     lines += _not_measured(cases)
     return "\n".join(lines) + "\n"

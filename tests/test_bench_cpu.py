@@ -149,6 +149,12 @@ def test_shards_partition_the_work_and_merge_rebuilds(tmp_path):
         p.write_text(json.dumps(d))
     assert bcompare.main_merge([str(p) for p in paths] + ["--out", str(tmp_path / "m"), "--no-plots"]) == 0
     assert len(json.loads((tmp_path / "m" / "results.json").read_text())["cases"]) == 2
+    # each row says which commit measured it, also after a re-merge of the merged file with a newer shard
+    assert by["gptq"]["commit"] == "c1" and by["awq"]["commit"] == "c2"
+    again = bcompare.merge([merged, _doc("GPU X", [_case("bnb_nf4", 9.0)], "c3")], ["m", "3"])
+    assert {c["name"]: c["commit"] for c in again["cases"]} == {"gptq": "c1", "awq": "c2", "bnb_nf4": "c3"}
+    md = (tmp_path / "m" / "results.md").read_text()
+    assert "| 12.0 |" in md and "| c2 |" in md and "| c1 |" in md
 
 
 def test_time_budget_and_skip_done(tmp_path, fake_timing):
