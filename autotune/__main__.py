@@ -26,11 +26,11 @@ import torch
 import ir
 from codegen.arch import ARCHES, default_config, get_arch, kernel_family
 from ir import KernelConfig, SpecError
-from runtime.tuning import DB_DIR, entry_matches_kernel, m_bucket
+from runtime.tuning import DB_DIR, m_bucket
 
 from .db import DatabaseError, db_path, is_stale, load, load_for_write, stale_reasons
 from .space import BACKENDS, Search, candidates, tuning_m
-from .sweep import FINAL_RESERVE, Case, result_table, run_sweep, summary, untuned
+from .sweep import FINAL_RESERVE, Case, result_table, run_sweep, same_kernel, summary, untuned
 from .verify import Reference, evaluate
 from codegen.__main__ import _parse_value, _shape
 
@@ -159,11 +159,10 @@ def _kernel_state(key: str, e: dict, header: dict) -> str:
         return "-"
     try:
         spec, _ = parse_format(format_arg(e["format"], e.get("options", {})))
-        cfg = KernelConfig(**e["config"])
-    except (SpecError, TypeError, ValueError):
+    except SpecError:
         return "changed"
-    same = spec.key == spec_key and entry_matches_kernel(e, spec, int(bucket), int(N), int(K), cfg, header["arch"])
-    return "same" if same else "changed"
+    case = Case(e["format"], spec, int(N), int(K), int(bucket), int(bucket), backend)
+    return "same" if spec.key == spec_key and same_kernel(e, case, header["arch"]) else "changed"
 
 
 def _show_file(path: Path, current: dict | None) -> None:

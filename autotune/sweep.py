@@ -149,11 +149,11 @@ def seed_configs(case: Case, entries: dict, search: Search, limit: int = SEEDS) 
 
 def tune_case(case: Case, ref: Reference, *, arch: str, budget_s: float, timer: Timer,
               dtype: torch.dtype = torch.float16, jobs: int = 8, max_candidates: int | None = None,
-              pool: CompilePool | None = None, seeds: list[KernelConfig] = (),
+              pool: CompilePool | None = None, seeds: list[KernelConfig] = (), known: dict | None = None,
               patience: int | None = None) -> CaseResult:
     """Search, verify and time one case within about `budget_s` seconds, the finalists' re-timing included.
 
-    The default goes first, then `seeds` (see seed_configs), then the descent. Candidates go in chunks of up
+    The default goes first, then `seeds` and the seed_configs of `known` (database entries), then the descent. Candidates go in chunks of up
     to `jobs` (FIRST_CHUNK at first): compiled ahead of time in `pool` (without one, the JIT compiles each in
     evaluate()), then each verified and screened. No chunk starts after the search deadline, and chunks
     shrink to what the measured seconds per candidate leave room for, so a case overruns its budget by about
@@ -164,10 +164,10 @@ def tune_case(case: Case, ref: Reference, *, arch: str, budget_s: float, timer: 
     res = CaseResult(case)
     search = Search(case.spec, get_arch(arch), case.M, case.N, case.K, case.backend, case.family)
     dflt = default_config(case.spec, (case.M, case.N, case.K), arch)
+    seeds = list(dict.fromkeys([*seeds, *(seed_configs(case, known, search) if known else [])]))
     seeds = [c for c in seeds if c != dflt]
     search.mark([dflt, *seeds])
-    queue = [dflt, *seeds]
-    center, queue = dflt, queue + search.lines(dflt)
+    center, queue = dflt, [dflt, *seeds] + search.lines(dflt)
     seed, per_candidate = 0, None
     best_us, since_best = math.inf, 0
     while True:
@@ -291,7 +291,8 @@ def entry_for(res: CaseResult, header: dict, options: dict) -> dict:
                       kernel_hash=tuned_kernel_hash(c.spec, c.bucket, c.N, c.K, w.config, header["arch"]))
 
 
-def _same_kernel(entry: dict, c: Case, arch: str) -> bool:
+def same_kernel(entry: dict, c: Case, arch: str) -> bool:
+    """The entry timed the kernel the current templates render for case c with the entry's config."""
     try:
         cfg = KernelConfig(**entry["config"])
     except (TypeError, ValueError):
@@ -305,7 +306,7 @@ def untuned(cases: list[Case], data: dict, header: dict) -> list[Case]:
     todo = []
     for c in cases:
         e = data["entries"].get(entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket))
-        if e is None or is_stale(e, data["header"], header) or not _same_kernel(e, c, header["arch"]):
+        if e is None or is_stale(e, data["header"], header) or not same_kernel(e, c, header["arch"]):
             todo.append(c)
     return todo
 
@@ -317,7 +318,6 @@ def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer
     """Tune every case that the database at `path` lacks (or holds stale, or all with `force`), writing
     each winner as soon as it is known. `options[fmt_arg]` are the format's non-default options. With
     `seeds`, each case starts from the current entries of this machine nearest to it (seed_configs)."""
-    arch = header["arch"]
     existing = None if fresh else load_for_write(path, header)   # refuses a corrupt or foreign file up front
     entries = existing["entries"] if existing else {}
     todo = cases if force or existing is None else untuned(cases, existing, header)
@@ -345,12 +345,8 @@ def _sweep_cases(todo: list[Case], pool, *, header, path, device, timer, budget_
             refs[rk] = Reference.build(c.spec, c.fmt_arg, c.N, c.K, device, seed=c.N + c.K)
             out(f"  prepared {c.fmt_arg} {c.N}x{c.K} (synthetic weights, reference decode) in "
                 f"{time.perf_counter() - t:.1f} s")
-        seeds = []
-        if known is not None:
-            search = Search(c.spec, get_arch(arch), c.M, c.N, c.K, c.backend, c.family)
-            seeds = seed_configs(c, known, search)
         res = tune_case(c, refs[rk], arch=arch, budget_s=budget_s, timer=timer, dtype=dtype, jobs=jobs,
-                        max_candidates=max_candidates, pool=pool, seeds=seeds, patience=patience)
+                        max_candidates=max_candidates, pool=pool, known=known, patience=patience)
         rows.append(res)
         if res.winner is not None:
             key = entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket)

@@ -27,6 +27,8 @@ def environment() -> jinja2.Environment:
         extensions=["jinja2.ext.do"],
     )
     env.filters["pyrepr"] = repr
+    from ir.bitpack import part_place, part_position   # render-time placement shared with the torch twin
+    env.globals.update(part_place=part_place, part_position=part_position)
     return env
 
 

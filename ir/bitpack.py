@@ -106,11 +106,12 @@ def magic_u2f(codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
     raise ValueError(f"magic_u2f: dtype must be torch.float32 or torch.float16, got {dtype}")
 
 
-def part_position(bits: int, j: int) -> int:
-    """Mantissa bit where the M=1 gemv's part_code places field j of an LSB-first int32 word of 32 // bits fields
-    (twin of _part_place/_part_pos in templates/triton/decode/_packed_affine.jinja): NW fields per rotation of the
-    word at bits P0, P0 + bits, ... with 12 <= P0 (offsets c = 2**(23 - p) <= 2**11), counting from field
-    P0 / bits, unrotated when bits divides P0; P0 takes the fewest rotations per word, then the smallest c."""
+def part_place(bits: int) -> tuple[int, int, int]:
+    """(P0, NW, J0): where the M=1 gemv's part_code places the fields of an LSB-first int32 word of 32 // bits
+    fields (the templates render with this function, so kernel and twin share it): NW fields per rotation of the
+    word at mantissa bits P0, P0 + bits, ... with 12 <= P0 (offsets c = 2**(23 - p) <= 2**11), counting from
+    field J0 = P0 / bits, unrotated when bits divides P0 (else J0 = 0); P0 takes the fewest rotations per word,
+    then the smallest c."""
     per = 32 // bits
     best = (99, 0)
     for p0 in range(12, 24 - bits):
@@ -119,8 +120,13 @@ def part_position(bits: int, j: int) -> int:
         if cost <= best[0]:
             best = (cost, p0)
     p0 = best[1]
-    j0 = p0 // bits if p0 % bits == 0 else 0
-    return p0 + bits * (((j - j0) % per) % ((23 - p0) // bits))
+    return p0, (23 - p0) // bits, p0 // bits if p0 % bits == 0 else 0
+
+
+def part_position(bits: int, j: int) -> int:
+    """Mantissa bit of field j under part_place(bits)."""
+    p0, nw, j0 = part_place(bits)
+    return p0 + bits * (((j - j0) % (32 // bits)) % nw)
 
 
 def part_code(words: torch.Tensor, j: int, bits: int) -> torch.Tensor:
