@@ -120,7 +120,7 @@ def test_gemv_folded_offsets_heavy_tailed_x(name, quantized, gen):
     assert err < REL_TOL[torch.bfloat16], f"{name} bf16: rel err {err:.2e}"
 
 
-@pytest.mark.parametrize("name", _AFFINE_K)
+@pytest.mark.parametrize("name", _AFFINE_K + ["bnb_nf4", "bnb_fp4"])
 @pytest.mark.parametrize("split_k", [1, 3])
 def test_gemv_register_prefetch(name, split_k, quantized, gen):
     """num_stages >= 2 on the M=1 field-by-field path: the next K tile's words, scales, zeros and x are loaded one
