@@ -22,7 +22,8 @@ one-line reason. The rules, in order:
 5. shared memory: `smem_bytes` (below) must fit the arch's per-block limit.
 6. register budget: `live_values_per_thread` (below) <= REG_VALUES[family], about the 255 x 32-bit
    registers a thread has. Beyond it ptxas spills, and compilation time explodes (a 1x256x512 gemv
-   tile took 56 s to compile on a CPU; 1x128x256, 4 s).
+   tile took 56 s to compile on a CPU; 1x128x256, 4 s). A register cap (maxnreg) is kept only when it
+   leaves at least MAXNREG_MIN_SHARE of those live values in registers.
 
 The smem and register figures are estimates, calibrated against triton 3.6 compiles for sm90 (registers:
 `python -m codegen sass`, gptq 4096x4096, see `live_values_per_thread`)
@@ -43,6 +44,8 @@ from ir import FormatSpec, KernelConfig
 __all__ = ["k_groups", "live_values_per_thread", "prune", "reject_reason", "smem_bytes", "word_atom_k"]
 
 REG_VALUES = {"gemv": 128, "gemm": 256}   # live 32-bit values per thread allowed (see live_values_per_thread)
+MAXNREG_MIN_SHARE = 0.75   # a register cap below this share of the live values spills in the K loop (gptq gemv,
+                           # 128 weights per thread, sm90: cap 96 spilled 52 B, 80 spilled 200 B, 64 spilled 352 B)
 ACT_BYTES = 2           # float16 / bfloat16 activations; the decoded tile is cast to this before tl.dot
 
 
@@ -125,6 +128,9 @@ def reject_reason(spec: FormatSpec, arch: Arch, family: str, M: int, N: int, K: 
     regs = live_values_per_thread(family, c)
     if regs > REG_VALUES[family]:
         return f"register budget: {regs} live values per thread > {REG_VALUES[family]}"
+    if c.maxnreg and c.maxnreg < MAXNREG_MIN_SHARE * regs:
+        return (f"register cap: maxnreg {c.maxnreg} < {MAXNREG_MIN_SHARE:g} x the {regs} live values per thread "
+                f"(ptxas would spill in the K loop)")
     return None
 
 

@@ -7,7 +7,8 @@ M = the bucket value (the largest M it holds; 512 stands for "large"), with the 
 M = 4, gemm (tl.dot) above. The runtime dispatches every M of a bucket to the bucket's entry.
 
 Candidates are the product of the per-axis ladders below (every knob the Triton templates expose:
-block_m, block_n, block_k, split_k, num_warps, num_stages, and swap_ab for gemm), pruned by
+block_m, block_n, block_k, split_k, num_warps, num_stages, the register cap maxnreg for gemv, and swap_ab
+for gemm), pruned by
 `autotune.prune` before anything compiles. That product is hundreds to a few thousand configs, far
 more than a 10-20 s budget can compile, so `Search` walks it by coordinate descent from the heuristic
 default (`codegen.arch.default_config`): it proposes the untried legal configs on the axis lines
@@ -36,8 +37,10 @@ AXES: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {
         "block_k": (32, 64, 128, 256, 512),
         "split_k": (1, 2, 4, 8, 16, 32),
         "num_warps": (1, 2, 4, 8),
-        "num_stages": (1, 2, 3, 4),
+        "num_stages": (1, 2),          # triton does not pipeline the gemv loop (1..4 compiled to the same SASS);
+                                       # 2 is the template's register prefetch where the decode allows it
         "block_m": (1, 2, 4),
+        "maxnreg": (0, 64, 80, 96, 128, 168),   # 0: the compiler's choice; a cap buys resident warps
     },
     ("triton", "gemm"): {
         "block_n": (32, 64, 128, 256),

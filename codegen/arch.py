@@ -111,7 +111,9 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
     bnb_nf4 / gguf / eqat / int3 / w8a8 at 8 Llama shapes, M buckets 1 / 16 / 128; winners vs this
     heuristic, measured in the same run):
     - M=1 (gemv): 128-wide N tiles, 128-deep K tiles (inside one scale group, so the gemv family factors
-      the scale out), 3 stages and split-K to ~4 programs per SM: the winner itself in 19 of 33 entries.
+      the scale out) and split-K to ~4 programs per SM: the winner itself in 19 of 33 entries. num_stages 2:
+      triton does not pipeline the gemv loop (1..4 stages compiled to the same SASS; the default was 3),
+      2 turns on the template's register prefetch where the format's decode allows it (session 5).
     - M<=16 (gemm): 16x64 tl.dot tiles and split-K to ~2 programs per SM. For the shift-decoded
       weight-only formats, the weights as the MMA's A operand (swap_ab) with 3 stages (26 of 33 winners
       swap; gptq/int4 winners are 3-stage swaps at exactly this split); for table-decoded ones (bnb),
@@ -134,7 +136,7 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
         split = _fill_split(-(-N // block_n), K, block_k, 4 * a.sms)
         # block_m: M's next power of two (1, 2 or 4 rows), the rows the gemv template broadcasts over
         return KernelConfig(block_m=1 << (M - 1).bit_length(), block_n=block_n, block_k=block_k, split_k=split,
-                            num_warps=4, num_stages=3)
+                            num_warps=4, num_stages=2)
     block_m = 16 if M <= 16 else min(128, 1 << (M - 1).bit_length())   # no tile rows beyond M's power of two
     if spec.act_quant is not None:
         return _act_quant_gemm_config(M, N, K, block_m, block_k, a)

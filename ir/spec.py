@@ -411,10 +411,19 @@ class KernelConfig(_Keyed):
     num_warps: int = 4
     num_stages: int = 2
     swap_ab: bool = False   # gemm family: compute y^T = W x^T so the decoded weights are the MMA's A operand
+    maxnreg: int = 0        # Triton backend: registers per thread the compiler may use (ptx .maxnreg); 0 = its choice.
+    # A lower cap trades registers for resident warps (memory-level parallelism at M=1). Like every field added
+    # after the first release, it is left out of to_dict() (hence of the content key, the generated CONFIG and
+    # the kernel source) while it holds its default, so configs, keys and tuned kernels that predate it stay equal.
+
+    _OPTIONAL = {"maxnreg": 0}
 
     def __post_init__(self):
         if not isinstance(self.swap_ab, bool):
             _fail("KernelConfig", "swap_ab", self.swap_ab, "True or False")
+        if not isinstance(self.maxnreg, int) or isinstance(self.maxnreg, bool) or not (
+                self.maxnreg == 0 or (32 <= self.maxnreg <= 255 and self.maxnreg % 8 == 0)):
+            _fail("KernelConfig", "maxnreg", self.maxnreg, "0 (the compiler's choice) or a multiple of 8 in [32, 255]")
         for f in ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages"):
             _pos_int("KernelConfig", f, getattr(self, f))
         for f in ("block_m", "block_n", "block_k", "num_warps"):
@@ -422,10 +431,19 @@ class KernelConfig(_Keyed):
             if v & (v - 1):
                 _fail("KernelConfig", f, v, "a power of two")
 
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for name, default in self._OPTIONAL.items():
+            if d[name] == default:
+                del d[name]
+        return d
+
     @property
     def label(self) -> str:
         swap = "t" if self.swap_ab else ""
-        return f"m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}{swap}"
+        reg = f"r{self.maxnreg}" if self.maxnreg else ""
+        return (f"m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}"
+                f"{swap}{reg}")
 
 
 __all__ = [

@@ -118,3 +118,22 @@ def test_gemv_folded_offsets_heavy_tailed_x(name, quantized, gen):
     assert err < 6e-4, f"{name}: rel err {err:.2e}"
     err = check_kernel(mod, qt, 1, torch.bfloat16, gen, bias=True, device=DEVICE, x=x)
     assert err < REL_TOL[torch.bfloat16], f"{name} bf16: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("name", _AFFINE_K + ["bnb_nf4", "bnb_fp4"])
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_gemv_register_prefetch(name, split_k, quantized, gen):
+    """num_stages >= 2 on the M=1 field-by-field path: the next K tile's words, scales, zeros and x are loaded one
+    iteration ahead (masked off after the last tile of each split; split_k=3 leaves slices of unequal length), with
+    a register cap (maxnreg, a launch option) on the same kernel."""
+    qt, _, _ = quantized(name)
+    N, K = qt.shape
+    cfg = ir.KernelConfig(block_m=1, block_n=32, block_k=32, split_k=split_k, num_warps=4, num_stages=2, maxnreg=128)
+    mod = kernel_module(qt.spec, "gemv", 1, N, K, cfg)
+    src = open(mod.__file__).read()
+    if not hasattr(mod, "part_code"):
+        pytest.skip(f"{name}: no field-by-field (part_code) gemv path: 3-bit fields")
+    assert "nq, ns, nz = decode_parts_fast(" in src and "maxnreg=CONFIG[\"maxnreg\"]" in src
+    for dtype in (torch.float16, torch.bfloat16):
+        err = check_kernel(mod, qt, 1, dtype, gen, bias=True, device=DEVICE)
+        assert err < REL_TOL[dtype], f"{name} {dtype}: rel err {err:.2e}"

@@ -2,7 +2,7 @@
 # kernel:   int4_g128_sym_b4_g128_sym_3274618f_sm90_gemv_m1n64k128s1w4p2
 # format:   int4_g128_sym   spec key: 3274618f9ba29a0860545f58fa3e6fac273be5a531d094251af70779745b1f7d
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: ae2b4d32e6ba279d
+# arch:     sm90   family: gemv   template hash: 08bac2490fb922a6
 """int4_g128_sym_b4_g128_sym_3274618f_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int4_g128_sym` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -171,20 +171,28 @@ def int4_g128_sym_b4_g128_sym_3274618f_sm90_gemv_m1n64k128s1w4p2(
     acc2 = tl.zeros((BLOCK_K // PER, BLOCK_N), dtype=tl.float32)  # block_m == 1: 2-D only (3-D broke the layout)
     # split-K: program pid_k reduces K_ITERS consecutive BLOCK_K slices (K_ITERS computed on the host)
     k_lo = pid_k * (K_ITERS * BLOCK_K)
+    # register prefetch (see the template's docstring): the first tile's stored data and x, loaded before the loop
+    x_row = x_ptr + pid_m * stride_xm
+    k3 = k_lo + tl.arange(0, BLOCK_K // PER)[:, None] * PER
+    nxr = tl.load(x_row + k3 + tl.arange(0, PER)[None, :], mask=(k3 < K) & (pid_m < M) & (K_ITERS > 0), other=0.0)
+    nq, ns, nz = decode_parts_fast(
+qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k_lo, offs_n, mask_n & (K_ITERS > 0), N, K,
+BITS, DESC_ACT, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
+    )
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        q, s, z = decode_parts_fast(
-qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+        q, s, z, xr = nq, ns, nz, nxr
+        more = it + 1 < K_ITERS
+        nq, ns, nz = decode_parts_fast(
+qweight_ptr, qzeros_ptr, scales_ptr, g_idx_ptr, k_lo + (it + 1) * BLOCK_K, offs_n, mask_n & more, N, K,
 BITS, DESC_ACT, GROUP_SIZE, SYM, BLOCK_K, BLOCK_N,
         )
-        # x per field j: [BLOCK_K / PER, 1] at k = k0 + r * PER + j (see part_field); the one row offs_m[0]
-        k3 = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K // PER)[:, None] * PER
-        x_row = x_ptr + pid_m * stride_xm
-        x_mask = (k3 < K) & (pid_m < M)  # K is a multiple of PER (whole words), so k3 < K covers all PER fields
+        k3 = k_lo + (it + 1) * BLOCK_K + tl.arange(0, BLOCK_K // PER)[:, None] * PER
+        nxr = tl.load(x_row + k3 + tl.arange(0, PER)[None, :], mask=(k3 < K) & (pid_m < M) & more, other=0.0)
         # the tile's x as [BLOCK_K / PER, PER] (one load), cut into its PER columns by halving splits: x_j is
         # column j, the x of field j of every word row (the first split takes bit 0 of j, the next bit 1, ...)
-        xt = tl.reshape(tl.load(x_row + k3 + tl.arange(0, PER)[None, :], mask=x_mask, other=0.0).to(tl.float32),
+        xt = tl.reshape(xr.to(tl.float32),
                         (BLOCK_K // PER, 2, 2, 2))
         xt1_0, xt1_1 = tl.split(xt)
         xt2_0, xt2_1 = tl.split(xt1_0)
