@@ -12,7 +12,7 @@ for gemm), pruned by
 `autotune.prune` before anything compiles. That product is hundreds to a few thousand configs, far
 more than a 10-20 s budget can compile, so `Search` walks it by coordinate descent from the heuristic
 default (`codegen.arch.default_config`): it proposes the untried legal configs on the axis lines
-through the best config so far (one axis changed, all its ladder values, nearest steps first); the
+through the best config so far (one axis changed, all its ladder values, nearest steps first, plus both axes of a COUPLED pair); the
 sweep measures them in chunks and re-centres on each new best, until nothing new is left around the
 measured configs or the budget ends.
 """
@@ -27,7 +27,7 @@ from runtime.tuning import M_BUCKETS, m_bucket
 
 from .prune import prune, reject_reason
 
-__all__ = ["AXES", "BACKENDS", "M_BUCKETS", "Search", "axes_for", "candidates", "m_bucket", "tuning_m"]
+__all__ = ["AXES", "BACKENDS", "COUPLED", "M_BUCKETS", "Search", "axes_for", "candidates", "m_bucket", "tuning_m"]
 
 BACKENDS = ("triton",)   # "tvm" joins when its backend lands (issue 5): its own ladders go in AXES
 
@@ -51,6 +51,15 @@ AXES: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {
         "block_m": (16, 32, 64, 128),
         "swap_ab": (False, True),
     },
+}
+
+
+# Axes whose best values depend on each other, proposed as pairs around a centre besides one at a time: the gemv
+# register prefetch (num_stages 2) takes ~40 more registers per thread, so its value shows only under a register
+# cap (int4 8192x28672 M=1 on the H100: p1 63.9 us, p2 66.8 us, p2 with maxnreg 128 59.3 us; the one-axis descent
+# from the p1 winner never tried the pair).
+COUPLED: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("triton", "gemv"): (("num_stages", "maxnreg"),),
 }
 
 
@@ -86,6 +95,7 @@ class Search:
         self.spec, self.arch, self.M, self.N, self.K = spec, arch, M, N, K
         self.family = family or kernel_family(M)
         self.axes = axes_for(backend, self.family)
+        self.coupled = COUPLED.get((backend, self.family), ())
         self.proposed: set[KernelConfig] = set()
         self._legal: dict[KernelConfig, bool] = {}
 
@@ -99,7 +109,8 @@ class Search:
         self.proposed.update(configs)
 
     def lines(self, center: KernelConfig) -> list[KernelConfig]:
-        """Untried legal configs that differ from `center` in one axis, nearest ladder steps first."""
+        """Untried legal configs that differ from `center` in one axis, or in both axes of a COUPLED pair,
+        nearest ladder steps first."""
         by_distance: dict[int, list[KernelConfig]] = {}
         for name, ladder in self.axes.items():
             cur = getattr(center, name)
@@ -110,6 +121,16 @@ class Search:
                 c = replace(center, **{name: v})
                 if c not in self.proposed and self.legal(c):
                     by_distance.setdefault(abs(i - pos) or 1, []).append(c)
+        for a, b in self.coupled:   # both axes changed: after the one-axis steps at the same ladder distance
+            la, lb = self.axes[a], self.axes[b]
+            pa = min(range(len(la)), key=lambda i: abs(la[i] - getattr(center, a)))
+            pb = min(range(len(lb)), key=lambda i: abs(lb[i] - getattr(center, b)))
+            for i, j in itertools.product(range(len(la)), range(len(lb))):
+                if la[i] == getattr(center, a) or lb[j] == getattr(center, b):
+                    continue
+                c = replace(center, **{a: la[i], b: lb[j]})
+                if c not in self.proposed and self.legal(c):
+                    by_distance.setdefault(max(abs(i - pa), abs(j - pb)), []).append(c)
         out = [c for d in sorted(by_distance) for c in by_distance[d]]
         self.proposed.update(out)
         return out

@@ -99,7 +99,8 @@ def test_search_walks_axis_lines_from_the_default():
     assert first and d not in first
     fields = ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages", "swap_ab", "maxnreg")
     for c in first:
-        assert sum(getattr(c, f) != getattr(d, f) for f in fields) == 1   # one axis changed
+        changed = {f for f in fields if getattr(c, f) != getattr(d, f)}
+        assert len(changed) == 1 or changed == {"num_stages", "maxnreg"}   # one axis, or the coupled pair
         assert reject_reason(spec, SM90, "gemv", M, N, K, c) is None      # only legal ones are proposed
     # nearest ladder steps come first
     ladder = AXES[("triton", "gemv")]["block_n"]
@@ -156,3 +157,19 @@ def test_default_config_follows_the_h100_database():
     assert d(awq, 128, 4096, 4096) == "m128n64k128s4w4p2t"
     # a format whose storage words span 128 K indices keeps 128-deep tiles
     assert d(ir.get_format("gguf_q2_k"), 16, 28672, 8192).startswith("m16n64k128")
+
+
+def test_search_proposes_the_coupled_pair():
+    """The gemv register prefetch pays only under a register cap: from a p1 centre without a cap, the first ring
+    holds p2 with each cap (both axes changed), which one-axis lines never reach."""
+    spec = ir.get_format("int4_g128_asym")
+    s = Search(spec, SM90, 1, 8192, 28672)
+    center = ir.KernelConfig(block_m=1, block_n=64, block_k=128, split_k=8, num_warps=2, num_stages=1)
+    s.mark([center])
+    ring = s.lines(center)
+    assert ir.KernelConfig(block_m=1, block_n=64, block_k=128, split_k=8, num_warps=2, num_stages=2,
+                           maxnreg=128) in ring
+    pairs = [c for c in ring if c.num_stages != center.num_stages and c.maxnreg != center.maxnreg]
+    assert pairs and all(c.maxnreg >= 0.75 * 128 for c in pairs)   # the spill guard prunes the pairs too
+    single = [c for c in ring if c not in pairs]
+    assert ring.index(pairs[0]) > ring.index(single[0])   # one-axis steps of the same distance come first
