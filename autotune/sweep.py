@@ -11,14 +11,16 @@ re-timed side by side (FINAL_REP_MS, fresh data, verified again): the fastest is
 next the runner-up, and the default's figure gives the speedup. The entry is written to the database
 at once, so an interrupted sweep resumes where it stopped.
 
-Two things keep a case short. Seeds: the winners already in the database for the same format, backend and
-kernel family at the nearest M buckets and shapes (`seed_configs`) are measured right after the default, so
+Two things keep a case short. Seeds: the winners already in the database for the same format (or a sibling
+format), backend and kernel family at the nearest M buckets and shapes (`seed_configs`) are measured right after the default, so
 the descent starts near where neighbouring problems ended (the M buckets of one shape are tuned in
 ascending order, each seeding the next). Patience: a case stops once `patience` candidates in a row did not
 beat the best so far by more than IMPROVE (the descent has converged; the budget is the hard cap)."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import math
 import os
 import time
@@ -29,7 +31,7 @@ import torch
 
 from codegen.arch import default_config, get_arch, kernel_family
 from codegen.triton_backend import tuned_kernel_hash
-from ir import FormatSpec, KernelConfig
+from ir import FormatSpec, KernelConfig, get_format
 from runtime.tuning import entry_matches_kernel
 
 from .aot import CompilePool, capture
@@ -40,7 +42,8 @@ from .verify import FINAL_REP_MS, Reference, Timer, Trial, build_module, evaluat
 FINAL_RESERVE = 0.15        # share of a case's budget kept for re-timing the finalists
 FIRST_CHUNK = 4             # candidates in a case's first chunk, before the seconds per candidate are known
 IMPROVE = 0.01              # a candidate "improves" when it is this much faster than the best so far
-SEEDS = 4                   # database winners measured right after the default (see seed_configs)
+SEEDS = 6                   # database winners measured right after the default (see seed_configs)
+SIBLING = 1.0               # seed distance added for a sibling format's entry (as far as the next M bucket)
 SCREEN_REP_MS = 5           # do_bench window while screening (the finalists get FINAL_REP_MS): a 15-500 us
                             # kernel replays 10-300 times, enough to rank; the best two are re-timed anyway
 
@@ -120,26 +123,51 @@ def _compile_failure(case: Case, ref: Reference, cfg: KernelConfig, error: str, 
     return t
 
 
+def sibling_signature(spec: FormatSpec) -> tuple:
+    """What makes two formats' kernels alike enough to share tile configs: the storage family, the decode kind and
+    width, the word type and the K group (gptq, int4_g128_asym, int4_g128_sym and autoround are siblings: their
+    kernels differ in a zero-point offset; eqat and eqat_w4g128 likewise)."""
+    return (spec.family, spec.decode.kind, spec.decode.bits, spec.packing.word_dtype if spec.packing else None,
+            spec.param("group_size", spec.param("blocksize", 0)))
+
+
+@functools.lru_cache(maxsize=256)
+def _entry_signature(fmt: str, options: str) -> tuple | None:
+    try:
+        return sibling_signature(get_format(fmt, **json.loads(options)))
+    except Exception:  # noqa: BLE001 (a format this version does not register: no sibling)
+        return None
+
+
 def seed_configs(case: Case, entries: dict, search: Search, limit: int = SEEDS) -> list[KernelConfig]:
     """Legal configs of this case's space that won (or came second) in `entries` (database key -> entry) for
-    the same format, backend and kernel family, nearest first: distance = |log2 bucket ratio| + half the
-    |log2| ratios of N and K, so the M buckets next to this one at the same shape come before other shapes."""
+    the same format (or a sibling format, see sibling_signature), backend and kernel family, nearest first:
+    distance = |log2 bucket ratio| + half the |log2| ratios of N and K, + SIBLING for a sibling format, so the
+    M buckets next to this one at the same shape come before other shapes, and the format's own entries before
+    a sibling's at the same distance. (int4_g128_asym 8192x28672 M=1 on the H100: the descent from its own seeds
+    ended at 63.6 us; its sibling gptq's winner, m1n64k128s8w2p2r128, ran it at 59.3 us.)"""
     spec_key, backend = case.spec.key, case.backend
+    mine = sibling_signature(case.spec)
     scored = []
     for key, e in entries.items():
         k_spec, k_backend, n, k, bucket = key.split("|")
-        if k_spec != spec_key or k_backend != backend or e.get("family") != case.family:
+        if k_backend != backend or e.get("family") != case.family:
             continue
-        dist = abs(math.log2(int(bucket) / case.bucket)) + 0.5 * (abs(math.log2(int(n) / case.N))
-                                                                  + abs(math.log2(int(k) / case.K)))
+        extra = 0.0
+        if k_spec != spec_key:
+            if _entry_signature(e.get("format", ""), json.dumps(e.get("options") or {}, sort_keys=True)) != mine:
+                continue
+            extra = SIBLING
+        dist = extra + abs(math.log2(int(bucket) / case.bucket)) + 0.5 * (abs(math.log2(int(n) / case.N))
+                                                                          + abs(math.log2(int(k) / case.K)))
         for rank, item in enumerate((e, e.get("runner_up") or {})):
             try:
                 cfg = KernelConfig(**item["config"])
             except (KeyError, TypeError, ValueError):
                 continue
-            scored.append((dist, rank, cfg))
+            scored.append((dist, extra > 0, rank, cfg))
     out = []
-    for _, _, cfg in sorted(scored, key=lambda t: (t[0], t[1])):
+    for *_, cfg in sorted(scored, key=lambda t: t[:3]):
         if cfg not in out and search.legal(cfg):
             out.append(cfg)
         if len(out) == limit:

@@ -289,6 +289,35 @@ def test_seed_configs_nearest_bucket_first_same_format_and_family_only():
     assert sweep.seed_configs(target, entries, search, limit=2) == seeds[:2]
 
 
+def test_seed_configs_take_a_sibling_formats_winners_after_the_formats_own():
+    """int4_g128_asym and gptq share a kernel structure (sweep.sibling_signature): gptq's winner at the same case
+    seeds int4_g128_asym, one bucket step further than int4_g128_asym's own entries; a 2-bit gptq-layout format
+    (other width) and bnb (other family) never do."""
+    from autotune.space import Search
+    from codegen.arch import get_arch
+    cases, _ = plan_cases(["int4_g128_asym", "gptq", "int2_g64_asym", "bnb_nf4"], [(N, K)], [1, 2], ["triton"],
+                          out=lambda m: None)
+    by = {(c.fmt_arg, c.bucket): c for c in cases}
+    target = by[("int4_g128_asym", 1)]
+    search = Search(target.spec, get_arch("sm90"), target.M, N, K, "triton", target.family)
+    a, b, c_, d = [c for c in _gemv_configs(target) if search.legal(c)][:4]
+    assert sweep.sibling_signature(by[("gptq", 1)].spec) == sweep.sibling_signature(target.spec)
+    assert sweep.sibling_signature(by[("int2_g64_asym", 1)].spec) != sweep.sibling_signature(target.spec)
+
+    def entry(case, cfg):
+        return {"format": case.fmt_arg, "options": {}, "family": case.family, "config": cfg.to_dict(), "us": 1.0}
+
+    def key(case):
+        return entry_key(case.spec.key, "triton", case.N, case.K, case.bucket)
+    entries = {
+        key(by[("gptq", 1)]): entry(by[("gptq", 1)], a),                       # sibling, same case: distance 1
+        key(by[("int4_g128_asym", 2)]): entry(by[("int4_g128_asym", 2)], b),   # own format, next bucket: 1
+        key(by[("int2_g64_asym", 1)]): entry(by[("int2_g64_asym", 1)], c_),    # other width: never
+        key(by[("bnb_nf4", 1)]): entry(by[("bnb_nf4", 1)], d),                 # other family: never
+    }
+    assert sweep.seed_configs(target, entries, search, limit=10) == [b, a]
+
+
 def _gemv_configs(case):
     from autotune.space import candidates
     from codegen.arch import get_arch
