@@ -31,6 +31,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -114,6 +115,9 @@ def capture(call) -> list[CompileJob]:
 
 
 def _init_worker(target: tuple, cache_dir: str) -> None:
+    # Ctrl-C (or `timeout -s INT`) reaches the whole process group: the workers leave it to the sweep, which
+    # stops them (CompilePool.__exit__) after writing what it has
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["TRITON_INTERPRET"] = "0"   # before any kernel module is imported: real @triton.jit functions
     os.environ["TRITON_CACHE_DIR"] = cache_dir
     from triton import knobs
@@ -170,22 +174,35 @@ class CompilePool:
     def __enter__(self) -> "CompilePool":
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._pool is not None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._pool is None:
+            return
+        if exc_type is None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        else:   # interrupted or failed: stop the workers now instead of waiting for their compiles (an
+            # interrupted H100 sweep once waited out its call's time limit here)
+            procs = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.join(timeout=5)
+        self._pool = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(self.target, self.cache_dir))
+        return self._pool
 
     def compile(self, jobs: list[CompileJob]) -> list[tuple[str | None, str | None, float]]:
         """compile_job for each job, in order, `self.jobs` at a time. Identical jobs compile once. If a
         worker dies, every job of the call comes back as (None, None, 0.0): not compiled, no error known."""
         if not jobs:
             return []
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.target, self.cache_dir))
         unique = list(dict.fromkeys(jobs))
         try:
-            done = dict(zip(unique, self._pool.map(compile_job, unique)))
+            done = dict(zip(unique, self._executor().map(compile_job, unique)))
         except BrokenProcessPool as e:   # a worker died (e.g. a compiler crash): which job is unknown
             log.warning("autotune: a compile worker died (%s); this chunk compiles in the JIT, new workers "
                         "start for the next one", e)
