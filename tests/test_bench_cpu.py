@@ -236,3 +236,20 @@ def test_compile_only_runs_the_host_code_without_launching(monkeypatch):
     monkeypatch.setattr(mod, mod.KERNEL_NAME, real)
     assert brun.start_precompile(brun.parse_args(["--formats", "gptq", "--jobs", "0"]),
                                  [("quantcc", "gptq", N, K)], "sm90", {}) == (None, None)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_access_pattern_kernel_reads_every_word_once(packed):
+    """bench.access_pattern's load-and-sum kernel (interpreter): the strip walk and the tile-contiguous walk each
+    read every word of the matrix exactly once, so both sums equal the matrix's sum (tiles, splits, odd grids)."""
+    import triton
+
+    from bench.access_pattern import _strip_sum
+    R, C = 64, 128
+    src = torch.randint(0, 100, (R, C), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    for block_r, block_c, split in ((16, 64, 2), (8, 32, 4), (32, 128, 1)):
+        iters = triton.cdiv(R, split * block_r)
+        grid = (C // block_c, split)
+        out = torch.zeros(grid[0] * grid[1], dtype=torch.int32)
+        _strip_sum[grid](src, out, R, C, iters, PACKED=packed, BLOCK_R=block_r, BLOCK_C=block_c)
+        assert int(out.sum()) == int(src.sum()), (packed, block_r, block_c, split)
