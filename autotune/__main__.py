@@ -143,7 +143,7 @@ def cmd_sweep(args) -> int:
     rows = run_sweep(cases, header=header, path=path, device="cuda", timer=sweep_timer, budget_s=args.budget_s,
                      options=options, jobs=args.jobs, fresh=args.fresh, force=args.force,
                      max_candidates=args.max_candidates, dtype=DTYPES[args.dtype], patience=args.patience or None,
-                     seeds=not args.no_seeds)
+                     seeds=not args.no_seeds, tries=tuple(args.tries or ()))
     if rows:
         print()
         print(result_table(rows))
@@ -350,7 +350,14 @@ def cmd_space(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _config_label(text: str) -> KernelConfig:
+    try:
+        return KernelConfig.from_label(text)
+    except SpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m autotune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -369,6 +376,9 @@ def main(argv=None) -> int:
     s.add_argument("--no-seeds", action="store_true",
                    help="do not start from the database's winners at the nearest M buckets and shapes")
     s.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    s.add_argument("--try", dest="tries", nargs="+", type=_config_label, metavar="LABEL",
+                   help="configs (labels like m1n64k128s8w2p2r128) measured first in every case whose space holds "
+                        "them, e.g. one found with `python -m bench.probe`; the case still searches on")
     s.add_argument("--retune-stale", action="store_true", help="also re-tune every stale entry of this GPU's file")
     s.add_argument("--force", action="store_true", help="re-tune requested cases even when tuned")
     s.add_argument("--fresh", action="store_true",
@@ -416,7 +426,11 @@ def main(argv=None) -> int:
     s.set_defaults(fn=cmd_space)
     from .tvm_candidates import add_build_command
     add_build_command(sub, _shape)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return args.fn(args)

@@ -101,8 +101,12 @@ class Search:
 
     def legal(self, c: KernelConfig) -> bool:
         if c not in self._legal:
-            self._legal[c] = reject_reason(self.spec, self.arch, self.family, self.M, self.N, self.K, c) is None
+            self._legal[c] = self.reason(c) is None
         return self._legal[c]
+
+    def reason(self, c: KernelConfig) -> str | None:
+        """Why `c` is outside this problem's space (autotune.prune's rule), or None."""
+        return reject_reason(self.spec, self.arch, self.family, self.M, self.N, self.K, c)
 
     def mark(self, configs) -> None:
         """Record configs evaluated outside the search (the heuristic default)."""

@@ -192,7 +192,14 @@ def tune_case(case: Case, ref: Reference, *, arch: str, budget_s: float, timer: 
     res = CaseResult(case)
     search = Search(case.spec, get_arch(arch), case.M, case.N, case.K, case.backend, case.family)
     dflt = default_config(case.spec, (case.M, case.N, case.K), arch)
-    seeds = list(dict.fromkeys([*seeds, *(seed_configs(case, known, search) if known else [])]))
+    given = []
+    for c in seeds:   # the caller's configs (sweep --try): those outside this case's space are skipped, said why
+        why = None if search.legal(c) else search.reason(c)
+        if why:
+            log.info("autotune: %s skipped for %s: %s", c.label, case.label, why)
+        else:
+            given.append(c)
+    seeds = list(dict.fromkeys([*given, *(seed_configs(case, known, search) if known else [])]))
     seeds = [c for c in seeds if c != dflt]
     search.mark([dflt, *seeds])
     center, queue = dflt, [dflt, *seeds] + search.lines(dflt)
@@ -342,10 +349,11 @@ def untuned(cases: list[Case], data: dict, header: dict) -> list[Case]:
 def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer: Timer, budget_s: float,
               options: dict, jobs: int = 8, fresh: bool = False, force: bool = False, max_candidates=None,
               dtype: torch.dtype = torch.float16, patience: int | None = None, seeds: bool = True,
-              out=print) -> list[CaseResult]:
+              tries: tuple[KernelConfig, ...] = (), out=print) -> list[CaseResult]:
     """Tune every case that the database at `path` lacks (or holds stale, or all with `force`), writing
     each winner as soon as it is known. `options[fmt_arg]` are the format's non-default options. With
-    `seeds`, each case starts from the current entries of this machine nearest to it (seed_configs)."""
+    `seeds`, each case starts from the current entries of this machine nearest to it (seed_configs); `tries`
+    are measured first in every case whose search space holds them (e.g. a config found with bench.probe)."""
     existing = None if fresh else load_for_write(path, header)   # refuses a corrupt or foreign file up front
     entries = existing["entries"] if existing else {}
     todo = cases if force or existing is None else untuned(cases, existing, header)
@@ -357,11 +365,11 @@ def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer
         known = {k: e for k, e in entries.items() if not is_stale(e, existing["header"], header)} if seeds else None
         return _sweep_cases(todo, pool, header=header, path=path, device=device, timer=timer, budget_s=budget_s,
                             options=options, jobs=jobs, fresh=fresh, max_candidates=max_candidates, dtype=dtype,
-                            patience=patience, known=known, out=out)
+                            patience=patience, known=known, tries=tuple(tries), out=out)
 
 
 def _sweep_cases(todo: list[Case], pool, *, header, path, device, timer, budget_s, options, jobs, fresh,
-                 max_candidates, dtype, patience, known, out) -> list[CaseResult]:
+                 max_candidates, dtype, patience, known, out, tries=()) -> list[CaseResult]:
     """`known`: entries to seed from (None: no seeds), grown with every winner of this sweep."""
     arch = header["arch"]
     rows, refs, started, replace_file = [], {}, time.perf_counter(), fresh
@@ -374,7 +382,7 @@ def _sweep_cases(todo: list[Case], pool, *, header, path, device, timer, budget_
             out(f"  prepared {c.fmt_arg} {c.N}x{c.K} (synthetic weights, reference decode) in "
                 f"{time.perf_counter() - t:.1f} s")
         res = tune_case(c, refs[rk], arch=arch, budget_s=budget_s, timer=timer, dtype=dtype, jobs=jobs,
-                        max_candidates=max_candidates, pool=pool, known=known, patience=patience)
+                        max_candidates=max_candidates, pool=pool, seeds=tries, known=known, patience=patience)
         rows.append(res)
         if res.winner is not None:
             key = entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 import sys
 
 import torch
@@ -37,14 +36,8 @@ def grid(M: int, K: int):
 
 
 def parse_label(label: str) -> KernelConfig:
-    """KernelConfig from its label, e.g. m16n64k128s4w4p3t (t = swap_ab)."""
-    m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(t?)(?:r(\d+))?", label)
-    if not m:
-        raise SpecError(f"config label {label!r} is not like m16n64k128s4w4p3 (t suffix: swap_ab; r96 suffix: "
-                        f"maxnreg 96)")
-    bm, bn, bk, sk, w, st = (int(v) for v in m.groups()[:6])
-    return KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st,
-                        swap_ab=bool(m.group(7)), maxnreg=int(m.group(8) or 0))
+    """KernelConfig from its label, e.g. m16n64k128s4w4p3t (t = swap_ab), m1n64k128s8w2p2r128 (r = maxnreg)."""
+    return KernelConfig.from_label(label)
 
 
 def _db_configs(spec, N: int, K: int, M: int) -> list[KernelConfig]:

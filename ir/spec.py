@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -416,7 +417,7 @@ class KernelConfig(_Keyed):
     # after the first release, it is left out of to_dict() (hence of the content key, the generated CONFIG and
     # the kernel source) while it holds its default, so configs, keys and tuned kernels that predate it stay equal.
 
-    _OPTIONAL = {"maxnreg": 0}
+    _OPTIONAL = (("maxnreg", 0),)   # (field, default) pairs left out of to_dict() at their default
 
     def __post_init__(self):
         if not isinstance(self.swap_ab, bool):
@@ -433,10 +434,21 @@ class KernelConfig(_Keyed):
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for name, default in self._OPTIONAL.items():
+        for name, default in self._OPTIONAL:
             if d[name] == default:
                 del d[name]
         return d
+
+    @classmethod
+    def from_label(cls, label: str) -> KernelConfig:
+        """The config a `label` names, e.g. m16n64k128s4w4p3t (t: swap_ab) or m1n64k128s8w2p2r128 (r: maxnreg)."""
+        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(t?)(?:r(\d+))?", label)
+        if not m:
+            raise SpecError(f"config label {label!r} is not like m16n64k128s4w4p3 (block_m, block_n, block_k, "
+                            f"split_k, num_warps, num_stages; t suffix: swap_ab; r96 suffix: maxnreg 96)")
+        bm, bn, bk, sk, w, st = (int(v) for v in m.groups()[:6])
+        return cls(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st,
+                   swap_ab=bool(m.group(7)), maxnreg=int(m.group(8) or 0))
 
     @property
     def label(self) -> str:

@@ -348,3 +348,26 @@ def test_seeds_go_right_after_the_default_and_patience_ends_a_converged_case(fak
     full = sweep.tune_case(case, ref, arch="sm90", budget_s=600, timer=cost_timer, jobs=4, seeds=seeds,
                            max_candidates=40)
     assert len(full.trials) == 40     # without patience the search goes on to its cap
+
+
+def test_tried_configs_outside_the_space_are_skipped_with_the_reason(fake_kernels, monkeypatch, caplog):
+    """sweep --try: a config the case's space holds is measured right after the default; one it does not hold (a
+    gemm tile for a gemv case) is skipped and the log says why. The labels parse as the CLI parses them."""
+    import logging
+
+    from autotune.__main__ import build_parser
+    from codegen.arch import default_config
+    _costed(monkeypatch, fake_kernels)
+    cases, _ = plan_cases(["gptq"], [(N, K)], [1], ["triton"], out=lambda m: None)
+    case = cases[0]
+    ref = verify.Reference.build(case.spec, case.fmt_arg, N, K, "cpu", seed=1)
+    dflt = default_config(case.spec, (case.M, N, K), "sm90")
+    inside = [c for c in _gemv_configs(case) if c != dflt][0]
+    outside = ir.KernelConfig.from_label("m16n64k64s1w4p3t")
+    args = build_parser().parse_args(["sweep", "--try", inside.label, outside.label])
+    assert list(args.tries) == [inside, outside]
+    with caplog.at_level(logging.INFO, logger="quantcc.autotune"):
+        sweep.tune_case(case, ref, arch="sm90", budget_s=600, timer=lambda fn, rep_ms: (fn(), 1.0)[1], jobs=4,
+                        seeds=list(args.tries), max_candidates=3)
+    assert fake_kernels[:2] == [dflt, inside] and outside not in fake_kernels
+    assert "m16n64k64s1w4p3t skipped" in caplog.text and "family: gemv takes block_m <= 4" in caplog.text
