@@ -113,7 +113,9 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
     - M=1 (gemv): 128-wide N tiles, 128-deep K tiles (inside one scale group, so the gemv family factors
       the scale out) and split-K to ~4 programs per SM: the winner itself in 19 of 33 entries. num_stages 2:
       triton does not pipeline the gemv loop (1..4 stages compiled to the same SASS; the default was 3),
-      2 turns on the template's register prefetch where the format's decode allows it (session 5).
+      2 turns on the template's register prefetch where the format's decode allows it (session 5), with a
+      register cap of 128 for the gptq / eqat 2- and 4-bit fields at M=1 (int4 8192x28672 on the H100, same run:
+      m1n128k128s16w4p2 68.7 us, with maxnreg 128 62.0 us; 28672x8192 s4: 69.7 us, s16 with the cap 66.8 us).
     - M<=16 (gemm): 16x64 tl.dot tiles and split-K to ~2 programs per SM. For the shift-decoded
       weight-only formats, the weights as the MMA's A operand (swap_ab) with 3 stages (26 of 33 winners
       swap; gptq/int4 winners are 3-stage swaps at exactly this split); for table-decoded ones (bnb),
@@ -135,8 +137,11 @@ def default_config(spec: FormatSpec, problem: tuple[int, int, int], arch: str | 
         block_n = 128
         split = _fill_split(-(-N // block_n), K, block_k, 4 * a.sms)
         # block_m: M's next power of two (1, 2 or 4 rows), the rows the gemv template broadcasts over
+        # the packed-affine field path prefetches at num_stages 2 (~40 more registers): at M=1 with 128 weights per
+        # thread, a cap of 128 registers keeps 16 warps per SM resident (no spills, offline SASS)
+        cap = 128 if M == 1 and _pair_decode(spec) and block_n * block_k // (32 * 4) >= 128 else 0
         return KernelConfig(block_m=1 << (M - 1).bit_length(), block_n=block_n, block_k=block_k, split_k=split,
-                            num_warps=4, num_stages=2)
+                            num_warps=4, num_stages=2, maxnreg=cap)
     block_m = 16 if M <= 16 else min(128, 1 << (M - 1).bit_length())   # no tile rows beyond M's power of two
     if spec.act_quant is not None:
         return _act_quant_gemm_config(M, N, K, block_m, block_k, a)

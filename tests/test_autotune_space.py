@@ -142,7 +142,9 @@ def test_default_config_follows_the_h100_database():
     """The rules codegen.arch.default_config took from autotune/db/nvidia_h100_80gb_hbm3.json."""
     gptq, bnb, awq, int3 = (ir.get_format(f) for f in ("gptq", "bnb_nf4", "awq", "int3_g128_asym"))
     d = lambda spec, M, N, K: default_config(spec, (M, N, K), "sm90").label  # noqa: E731
-    assert d(gptq, 1, 4096, 4096) == "m1n128k128s16w4p2"          # the M=1 winner (p2: register prefetch)
+    assert d(gptq, 1, 4096, 4096) == "m1n128k128s16w4p2r128"      # the M=1 winner + prefetch under a register cap
+    assert d(gptq, 2, 4096, 4096).endswith("p2")                  # the cap only at M=1 (block_m 1)
+    assert d(bnb, 1, 4096, 4096).endswith("p2")                   # bnb's prefetch needs its 168 registers
     assert d(gptq, 2, 4096, 4096).startswith("m2n128k128")        # gemv rows: M's next power of two
     assert d(gptq, 16, 4096, 4096) == "m16n64k128s8w4p3t"         # swap, 3 stages, ~2 programs per SM
     assert d(gptq, 16, 28672, 8192) == "m16n64k128s1w4p3t"        # pair decode: k128, ~2 programs per SM
