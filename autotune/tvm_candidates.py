@@ -10,8 +10,8 @@ DIR/index.json: per (format, N, K, M bucket) case its candidate kernels (name, c
 ladder configs pruned before building and why, and the builds that failed and why. A kernel takes N, K and
 M at run time, so a config that is a candidate of several cases is built once and lists all of them.
 
-The ladder (what the TVM templates expose: block_m, block_n, block_k, split_k, num_warps; num_stages and
-swap_ab do not change a TVM kernel, they keep the centre's values): the centre is the heuristic default
+The ladder (what the TVM templates expose: block_m, block_n, block_k, split_k, num_warps; num_stages,
+swap_ab and maxnreg do not change a TVM kernel, they keep the centre's values): the centre is the heuristic default
 (codegen.arch.default_config) fitted to the TVM schedule (codegen.tvm_backend.fit_config: exactly the kernel
 `python -m codegen build --backend tvm` writes), then the centre with one axis halved or doubled: block_m
 (gemm family only), block_n, block_k, split_k, num_warps, so at most 11 candidates per case (9 for gemv).

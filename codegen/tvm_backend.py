@@ -85,10 +85,6 @@ def _family(plan: KernelPlan) -> str:
 
 def check_supported(plan: KernelPlan) -> None:
     """Refuse, at build time, what this backend does not generate yet, with the reason."""
-    if plan.config.maxnreg:
-        raise SpecError(f"config {plan.config.label}: maxnreg is a Triton launch option; the TVM backend has no "
-                        f"register cap (nvcc builds its kernels with their own __launch_bounds__). Use maxnreg 0 "
-                        f"with --backend tvm.")
     fam = _family(plan)
     if fam not in SUPPORTED:
         raise SpecError(f"the TVM backend does not cover format {plan.format!r} (family {fam!r}, decode "
