@@ -152,13 +152,13 @@ def test_an_interrupted_pool_stops_its_workers_at_once():
     """Ctrl-C during a sweep: the workers ignore SIGINT (the sweep handles it) and CompilePool.__exit__ terminates
     them instead of waiting for their compiles (an interrupted H100 sweep once waited out its call's limit)."""
     import time
+
     from autotune.aot import CompilePool
     t0 = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        with CompilePool(1, target=("cuda", 90, 32)) as pool:
-            ex = pool._executor()
-            assert ex.submit(time.sleep, 0).result(timeout=60) is None   # the worker is up
-            ex.submit(time.sleep, 60)
-            procs = list(ex._processes.values())
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), CompilePool(1, target=("cuda", 90, 32)) as pool:
+        ex = pool._executor()
+        assert ex.submit(time.sleep, 0).result(timeout=60) is None   # the worker is up
+        ex.submit(time.sleep, 60)
+        procs = list(ex._processes.values())
+        raise KeyboardInterrupt
     assert time.perf_counter() - t0 < 45 and procs and not any(p.is_alive() for p in procs)

@@ -362,7 +362,7 @@ def test_tried_configs_outside_the_space_are_skipped_with_the_reason(fake_kernel
     case = cases[0]
     ref = verify.Reference.build(case.spec, case.fmt_arg, N, K, "cpu", seed=1)
     dflt = default_config(case.spec, (case.M, N, K), "sm90")
-    inside = [c for c in _gemv_configs(case) if c != dflt][0]
+    inside = next(c for c in _gemv_configs(case) if c != dflt)
     outside = ir.KernelConfig.from_label("m16n64k64s1w4p3t")
     args = build_parser().parse_args(["sweep", "--try", inside.label, outside.label])
     assert list(args.tries) == [inside, outside]

@@ -2,6 +2,8 @@
 
 On the CPU they run under TRITON_INTERPRET=1 (set by conftest); on a GPU the same test runs natively.
 Shapes are small and legal for each format, and N, K are not multiples of the tile."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -130,7 +132,7 @@ def test_gemv_register_prefetch(name, split_k, quantized, gen):
     N, K = qt.shape
     cfg = ir.KernelConfig(block_m=1, block_n=32, block_k=32, split_k=split_k, num_warps=4, num_stages=2, maxnreg=128)
     mod = kernel_module(qt.spec, "gemv", 1, N, K, cfg)
-    src = open(mod.__file__).read()
+    src = Path(mod.__file__).read_text()
     if not hasattr(mod, "part_code"):
         pytest.skip(f"{name}: no field-by-field (part_code) gemv path: 3-bit fields")
     assert "nq, ns, nz = decode_parts_fast(" in src and "maxnreg=CONFIG[\"maxnreg\"]" in src
