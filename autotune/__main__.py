@@ -263,7 +263,27 @@ def sweep_timer(fn, rep_ms: int) -> float:
 PLAN_FINAL_S = 0.2   # one finalist's re-timing: capture, 25 ms warm-up + FINAL_REP_MS window, verification
 
 
-def plan_estimate(cases, arch: str, *, per_candidate_s: float, candidates_per_case: int, budget_s: float,
+PLAN_DEFAULTS = (0.16, 24)   # (s per candidate, candidates per case) without a database to calibrate from (H100, s4)
+
+
+def calibrate(data: dict, min_entries: int = 20) -> dict[str, tuple[float, int]]:
+    """Per kernel family, (device seconds per candidate, candidates per case) as the sweeps that wrote `data`
+    measured them: each entry records its case's tuning_s (search and finalists) and the candidates it tried.
+    Families with fewer than `min_entries` such entries are left out (the defaults serve them)."""
+    agg: dict[str, list] = collections.defaultdict(lambda: [0, 0.0, 0])
+    for e in data.get("entries", {}).values():
+        if isinstance(e.get("tuning_s"), (int, float)) and isinstance(e.get("tried"), int) and e["tried"] > 0:
+            a = agg[e.get("family", "?")]
+            a[0], a[1], a[2] = a[0] + 1, a[1] + e["tuning_s"], a[2] + e["tried"]
+    return {fam: (max(0.01, (secs / n - 3 * PLAN_FINAL_S) / (tried / n)), round(tried / n))
+            for fam, (n, secs, tried) in agg.items() if n >= min_entries}
+
+
+def _per_family(value, family: str):
+    return value[family] if isinstance(value, dict) else value
+
+
+def plan_estimate(cases, arch: str, *, per_candidate_s, candidates_per_case, budget_s: float,
                   prepare_s: float, max_candidates: int | None = None) -> list[dict]:
     """Per case: the descent's first ring (the default and its legal one-axis neighbours, exact), the
     candidates the sweep is expected to try (at least the ring, else `candidates_per_case`: the H100
@@ -277,10 +297,10 @@ def plan_estimate(cases, arch: str, *, per_candidate_s: float, candidates_per_ca
         dflt = default_config(c.spec, (c.M, c.N, c.K), a)
         search.mark([dflt])
         ring = 1 + len(search.lines(dflt))
-        tried = max(ring, candidates_per_case)
+        tried = max(ring, _per_family(candidates_per_case, c.family))
         if max_candidates:
             tried = min(tried, max_candidates)
-        secs = min(budget_s * (1 - FINAL_RESERVE), tried * per_candidate_s) + 3 * PLAN_FINAL_S
+        secs = min(budget_s * (1 - FINAL_RESERVE), tried * _per_family(per_candidate_s, c.family)) + 3 * PLAN_FINAL_S
         problem = (c.spec.key, c.N, c.K)
         if problem not in seen:
             seen.add(problem)
@@ -294,6 +314,7 @@ def cmd_plan(args) -> int:
     if not cases:
         print("nothing to plan: give --formats, --shapes and --batches", file=sys.stderr)
         return 2
+    calib = {}
     if args.gpu:   # leave out what that GPU's database already holds for the current kernels
         path = db_path(args.gpu, args.db_dir)
         if path.exists():
@@ -301,14 +322,21 @@ def cmd_plan(args) -> int:
             todo = untuned(cases, data, data["header"])
             print(f"{path}: {len(cases) - len(todo)} of {len(cases)} cases already tuned for the current kernels")
             cases = todo
+            calib = calibrate(data)
         else:
             print(f"{path}: no database yet; every case is to tune")
         if not cases:
             print("nothing left to tune")
             return 0
-    rows = plan_estimate(cases, args.arch, per_candidate_s=args.per_candidate_s,
-                         candidates_per_case=args.candidates_per_case, budget_s=args.budget_s,
-                         prepare_s=args.prepare_s, max_candidates=args.max_candidates)
+    families = sorted({c.family for c in cases})
+    per_cand = {f: args.per_candidate_s or calib.get(f, PLAN_DEFAULTS)[0] for f in families}
+    per_case = {f: args.candidates_per_case or calib.get(f, PLAN_DEFAULTS)[1] for f in families}
+    for f in families:
+        source = ("given" if args.per_candidate_s or args.candidates_per_case else
+                  "measured by this GPU's sweeps (its database)" if f in calib else "defaults (H100, session 4)")
+        print(f"  {f}: {per_cand[f]:.3f} s per candidate, {per_case[f]} candidates per case: {source}")
+    rows = plan_estimate(cases, args.arch, per_candidate_s=per_cand, candidates_per_case=per_case,
+                         budget_s=args.budget_s, prepare_s=args.prepare_s, max_candidates=args.max_candidates)
     by_bucket = collections.defaultdict(lambda: [0, 0, 0, 0.0])
     for r in rows:
         b = by_bucket[r["case"].bucket]
@@ -319,7 +347,7 @@ def cmd_plan(args) -> int:
     formats = len({c.fmt_arg for c in cases})
     shapes = len({(c.N, c.K) for c in cases})
     print(f"{len(cases)} cases ({formats} formats x {shapes} shapes x M buckets, shapes a format refuses left "
-          f"out) on {args.arch}; {args.per_candidate_s:g} s per candidate, budget {args.budget_s:g} s per case")
+          f"out) on {args.arch}; budget {args.budget_s:g} s per case")
     print(f"  {'M bucket':>8}  {'family':>6}  {'cases':>6}  {'first ring':>10}  {'candidates':>10}  {'est. s':>8}")
     for bucket, (n, ring, tried, secs) in sorted(by_bucket.items()):
         label = ">256" if bucket == 512 else str(bucket)
@@ -406,12 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", default="sm90", choices=sorted(ARCHES))
     s.add_argument("--budget-s", type=float, default=15.0, help="the sweep's seconds per case")
     s.add_argument("--max-candidates", type=int, default=None, help="the sweep's cap per case")
-    s.add_argument("--per-candidate-s", type=float, default=0.16,
-                   help="device seconds per candidate (compile wait, verify, screen); a sweep's summary "
-                        "gives the measured figure (seconds per case / candidates tried); H100, session 4: 0.16")
-    s.add_argument("--candidates-per-case", type=int, default=24,
-                   help="candidates a case tries before it converges (H100, session 4, with database seeds and "
-                        "--patience 16: 24 on average over 451 cases; session 2 without them: 30-45)")
+    s.add_argument("--per-candidate-s", type=float, default=None,
+                   help="device seconds per candidate (compile wait, verify, screen); default: measured per kernel "
+                        "family from the --gpu database's entries, else 0.16 (H100, session 4)")
+    s.add_argument("--candidates-per-case", type=int, default=None,
+                   help="candidates a case tries before it converges; default: measured per family from the --gpu "
+                        "database, else 24 (H100, session 4, with database seeds and --patience 16)")
     s.add_argument("--prepare-s", type=float, default=1.0, help="seconds to prepare one (format, shape) problem")
     s.add_argument("--gpu", default=None,
                    help="leave out the cases this GPU's database (e.g. 'NVIDIA H100 80GB HBM3') already holds")

@@ -371,3 +371,20 @@ def test_tried_configs_outside_the_space_are_skipped_with_the_reason(fake_kernel
                         seeds=list(args.tries), max_candidates=3)
     assert fake_kernels[:2] == [dflt, inside] and outside not in fake_kernels
     assert "m16n64k64s1w4p3t skipped" in caplog.text and "family: gemv takes block_m <= 4" in caplog.text
+
+
+def test_plan_calibrates_per_family_from_the_database():
+    """plan's seconds per candidate and candidates per case come from the GPU's own entries (tuning_s, tried) per
+    kernel family, net of the finalists' re-timing; a family with too few entries keeps the defaults."""
+    from autotune.__main__ import PLAN_DEFAULTS, PLAN_FINAL_S, calibrate, plan_estimate
+    entries = {f"k{i}": {"family": "gemv", "tuning_s": 3 * PLAN_FINAL_S + 2.0, "tried": 20} for i in range(25)}
+    entries.update({f"g{i}": {"family": "gemm", "tuning_s": 9.0, "tried": 30} for i in range(5)})
+    entries["bad"] = {"family": "gemv", "tuning_s": "?", "tried": 0}
+    calib = calibrate({"entries": entries})
+    assert calib == {"gemv": (pytest.approx(0.1), 20)}          # gemm: 5 entries < 20, left to the defaults
+    cases, _ = plan_cases(["gptq"], [(N, K)], [1, 16], ["triton"], out=lambda m: None)
+    rows = plan_estimate(cases, "sm90", per_candidate_s={"gemv": 0.1, "gemm": PLAN_DEFAULTS[0]},
+                         candidates_per_case={"gemv": 20, "gemm": PLAN_DEFAULTS[1]}, budget_s=600, prepare_s=0)
+    by = {r["case"].family: r for r in rows}
+    assert by["gemv"]["seconds"] == pytest.approx(max(by["gemv"]["ring"], 20) * 0.1 + 3 * PLAN_FINAL_S)
+    assert by["gemm"]["seconds"] == pytest.approx(max(by["gemm"]["ring"], 24) * 0.16 + 3 * PLAN_FINAL_S)
