@@ -139,6 +139,7 @@ def cmd_sweep(args) -> int:
     if not cases:
         print("nothing to tune: give --formats, --shapes and --batches (or --retune-stale)", file=sys.stderr)
         return 2
+    print(tried_summary(args.tries or (), cases, header["arch"]), end="")
     t0 = time.perf_counter()
     rows = run_sweep(cases, header=header, path=path, device="cuda", timer=sweep_timer, budget_s=args.budget_s,
                      options=options, jobs=args.jobs, fresh=args.fresh, force=args.force,
@@ -149,6 +150,18 @@ def cmd_sweep(args) -> int:
         print(result_table(rows))
         print(summary(rows, time.perf_counter() - t0))
     return 0 if all(r.winner is not None for r in rows) else 1
+
+
+def tried_summary(tries, cases, arch: str) -> str:
+    """One line per --try config: in how many of the cases it will be measured (the others' spaces do not hold it:
+    another kernel family or a pruning rule), with one reason when it is in none."""
+    lines = []
+    for cfg in tries:
+        reasons = [Search(c.spec, get_arch(arch), c.M, c.N, c.K, c.backend, c.family).reason(cfg) for c in cases]
+        held = sum(r is None for r in reasons)
+        why = "" if held else f": {next(r for r in reasons if r)}"
+        lines.append(f"  --try {cfg.label}: measured in {held} of {len(cases)} cases{why}\n")
+    return "".join(lines)
 
 
 def _kernel_state(key: str, e: dict, header: dict) -> str:
@@ -287,9 +300,10 @@ def plan_estimate(cases, arch: str, *, per_candidate_s, candidates_per_case, bud
                   prepare_s: float, max_candidates: int | None = None) -> list[dict]:
     """Per case: the descent's first ring (the default and its legal one-axis neighbours, exact), the
     candidates the sweep is expected to try (at least the ring, else `candidates_per_case`: the H100
-    sweeps of session 4, seeded from the database and with patience, tried 24 on average), and its expected seconds: the search
-    (min(budget, tried x per candidate)) plus three finalists re-timed, plus `prepare_s` for the first
-    case of each (format, shape) problem (synthetic weights and their reference decode)."""
+    sweeps tried 26-27 with database seeds and patience), and its expected seconds: the search (min(budget,
+    tried x per candidate)) plus three finalists re-timed, plus `prepare_s` for the first case of each (format,
+    shape) problem (synthetic weights and their reference decode). `per_candidate_s` and `candidates_per_case`
+    are numbers or {kernel family: number} (cmd_plan's calibration)."""
     a = get_arch(arch)
     rows, seen = [], set()
     for c in cases:
@@ -329,12 +343,17 @@ def cmd_plan(args) -> int:
             print("nothing left to tune")
             return 0
     families = sorted({c.family for c in cases})
-    per_cand = {f: args.per_candidate_s or calib.get(f, PLAN_DEFAULTS)[0] for f in families}
-    per_case = {f: args.candidates_per_case or calib.get(f, PLAN_DEFAULTS)[1] for f in families}
+    per_cand, per_case = {}, {}
     for f in families:
-        source = ("given" if args.per_candidate_s or args.candidates_per_case else
-                  "measured by this GPU's sweeps (its database)" if f in calib else "defaults (H100, session 4)")
-        print(f"  {f}: {per_cand[f]:.3f} s per candidate, {per_case[f]} candidates per case: {source}")
+        found = "measured by this GPU's sweeps" if f in calib else "default (H100, session 4)"
+        per_cand[f], per_case[f] = calib.get(f, PLAN_DEFAULTS)
+        sources = [found, found]
+        if args.per_candidate_s:
+            per_cand[f], sources[0] = args.per_candidate_s, "given"
+        if args.candidates_per_case:
+            per_case[f], sources[1] = args.candidates_per_case, "given"
+        print(f"  {f}: {per_cand[f]:.3f} s per candidate ({sources[0]}), {per_case[f]} candidates per case "
+              f"({sources[1]})")
     rows = plan_estimate(cases, args.arch, per_candidate_s=per_cand, candidates_per_case=per_case,
                          budget_s=args.budget_s, prepare_s=args.prepare_s, max_candidates=args.max_candidates)
     by_bucket = collections.defaultdict(lambda: [0, 0, 0, 0.0])

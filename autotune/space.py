@@ -12,8 +12,8 @@ for gemm), pruned by
 `autotune.prune` before anything compiles. That product is hundreds to a few thousand configs, far
 more than a 10-20 s budget can compile, so `Search` walks it by coordinate descent from the heuristic
 default (`codegen.arch.default_config`): it proposes the untried legal configs on the axis lines
-through the best config so far (one axis changed, all its ladder values, nearest steps first, plus both axes of a COUPLED pair); the
-sweep measures them in chunks and re-centres on each new best, until nothing new is left around the
+through the best config so far (one axis changed, all its ladder values, nearest steps first; both axes
+of a COUPLED pair changed together, too); the sweep measures them in chunks and re-centres on each new best, until nothing new is left around the
 measured configs or the budget ends.
 """
 from __future__ import annotations
@@ -115,26 +115,23 @@ class Search:
     def lines(self, center: KernelConfig) -> list[KernelConfig]:
         """Untried legal configs that differ from `center` in one axis, or in both axes of a COUPLED pair,
         nearest ladder steps first."""
-        by_distance: dict[int, list[KernelConfig]] = {}
+        steps = {}   # axis -> [(ladder steps from the centre's value, another value)]
         for name, ladder in self.axes.items():
             cur = getattr(center, name)
             pos = min(range(len(ladder)), key=lambda i: abs(ladder[i] - cur))
-            for i, v in enumerate(ladder):
-                if v == cur:
-                    continue
-                c = replace(center, **{name: v})
-                if c not in self.proposed and self.legal(c):
-                    by_distance.setdefault(abs(i - pos) or 1, []).append(c)
+            steps[name] = [(abs(i - pos) or 1, v) for i, v in enumerate(ladder) if v != cur]
+        by_distance: dict[int, list[KernelConfig]] = {}
+
+        def propose(distance: int, **change) -> None:
+            c = replace(center, **change)
+            if c not in self.proposed and self.legal(c):
+                by_distance.setdefault(distance, []).append(c)
+        for name, axis in steps.items():
+            for d, v in axis:
+                propose(d, **{name: v})
         for a, b in self.coupled:   # both axes changed: after the one-axis steps at the same ladder distance
-            la, lb = self.axes[a], self.axes[b]
-            pa = min(range(len(la)), key=lambda i: abs(la[i] - getattr(center, a)))
-            pb = min(range(len(lb)), key=lambda i: abs(lb[i] - getattr(center, b)))
-            for i, j in itertools.product(range(len(la)), range(len(lb))):
-                if la[i] == getattr(center, a) or lb[j] == getattr(center, b):
-                    continue
-                c = replace(center, **{a: la[i], b: lb[j]})
-                if c not in self.proposed and self.legal(c):
-                    by_distance.setdefault(max(abs(i - pa), abs(j - pb)), []).append(c)
+            for (da, va), (db, vb) in itertools.product(steps[a], steps[b]):
+                propose(max(da, db), **{a: va, b: vb})
         out = [c for d in sorted(by_distance) for c in by_distance[d]]
         self.proposed.update(out)
         return out

@@ -11,9 +11,9 @@ re-timed side by side (FINAL_REP_MS, fresh data, verified again): the fastest is
 next the runner-up, and the default's figure gives the speedup. The entry is written to the database
 at once, so an interrupted sweep resumes where it stopped.
 
-Two things keep a case short. Seeds: the winners already in the database for the same format (or a sibling
-format), backend and kernel family at the nearest M buckets and shapes (`seed_configs`) are measured right after the default, so
-the descent starts near where neighbouring problems ended (the M buckets of one shape are tuned in
+Two things keep a case short. Seeds: the winners already in the database for the same format (or a
+sibling format), backend and kernel family at the nearest M buckets and shapes (`seed_configs`) are
+measured right after the default, so the descent starts near where neighbouring problems ended (the M buckets of one shape are tuned in
 ascending order, each seeding the next). Patience: a case stops once `patience` candidates in a row did not
 beat the best so far by more than IMPROVE (the descent has converged; the budget is the hard cap)."""
 from __future__ import annotations
@@ -181,8 +181,9 @@ def tune_case(case: Case, ref: Reference, *, arch: str, budget_s: float, timer: 
               patience: int | None = None) -> CaseResult:
     """Search, verify and time one case within about `budget_s` seconds, the finalists' re-timing included.
 
-    The default goes first, then `seeds` and the seed_configs of `known` (database entries), then the descent. Candidates go in chunks of up
-    to `jobs` (FIRST_CHUNK at first): compiled ahead of time in `pool` (without one, the JIT compiles each in
+    The default goes first, then `seeds` (the caller's; those outside the case's space are skipped and logged),
+    then the seed_configs of `known` (database entries), then the descent. Candidates go in chunks of up to `jobs`
+    (FIRST_CHUNK at first): compiled ahead of time in `pool` (without one, the JIT compiles each in
     evaluate()), then each verified and screened. No chunk starts after the search deadline, and chunks
     shrink to what the measured seconds per candidate leave room for, so a case overruns its budget by about
     one chunk's compile at most. With `patience`, the search also ends once that many candidates in a row
@@ -365,7 +366,7 @@ def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer
         known = {k: e for k, e in entries.items() if not is_stale(e, existing["header"], header)} if seeds else None
         return _sweep_cases(todo, pool, header=header, path=path, device=device, timer=timer, budget_s=budget_s,
                             options=options, jobs=jobs, fresh=fresh, max_candidates=max_candidates, dtype=dtype,
-                            patience=patience, known=known, tries=tuple(tries), out=out)
+                            patience=patience, known=known, tries=tries, out=out)
 
 
 def _sweep_cases(todo: list[Case], pool, *, header, path, device, timer, budget_s, options, jobs, fresh,

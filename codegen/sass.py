@@ -146,7 +146,7 @@ def compile_report(spec: FormatSpec, M: int, N: int, K: int, arch: str = "sm90",
     major, minor = ARCHES[arch].capability
     job = {"path": str(path), "kernel": plan.name, "sig": sig, "consts": consts, "aligned": aligned,
            "cc": 10 * major + minor,
-           "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "maxnreg": cfg.maxnreg or None,
+           "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "maxnreg": cfg.maxnreg,
            "out": str(tmp)}
     # a fresh process: under TRITON_INTERPRET=1 (CI, tests) this process's triton is in interpreter mode
     env = dict(os.environ, TRITON_INTERPRET="0")
@@ -192,7 +192,7 @@ def _compile_job(job_json: str) -> None:
                     attrs={(names.index(a),): [["tt.divisibility", 16]] for a in job["aligned"]})
     compiled = triton.compile(src, target=GPUTarget("cuda", job["cc"], 32),
                               options={"num_warps": job["num_warps"], "num_stages": job["num_stages"],
-                                       **({"maxnreg": job["maxnreg"]} if job.get("maxnreg") else {})})
+                                       **({"maxnreg": job["maxnreg"]} if job["maxnreg"] else {})})
     out = Path(job["out"])
     (out / f"{job['kernel']}.cubin").write_bytes(compiled.asm["cubin"])
     for ext in ("ptx", "ttgir"):

@@ -413,10 +413,10 @@ class KernelConfig(_Keyed):
     num_stages: int = 2
     swap_ab: bool = False   # gemm family: compute y^T = W x^T so the decoded weights are the MMA's A operand
     maxnreg: int = 0        # Triton backend: registers per thread the compiler may use (ptx .maxnreg); 0 = its choice.
-    # The TVM backend ignores it, as it ignores num_stages and swap_ab (autotune/tvm_candidates.py).
-    # A lower cap trades registers for resident warps (memory-level parallelism at M=1). Like every field added
-    # after the first release, it is left out of to_dict() (hence of the content key, the generated CONFIG and
-    # the kernel source) while it holds its default, so configs, keys and tuned kernels that predate it stay equal.
+    # A lower cap trades registers for resident warps (memory-level parallelism at M=1); the TVM backend ignores it,
+    # as it ignores num_stages and swap_ab. Added after configs were first stored, it is left out of to_dict()
+    # (hence of the content key, the generated CONFIG and the kernel source) while it holds its default, so
+    # configs, keys and tuned kernels that predate it stay equal.
 
     _OPTIONAL = (("maxnreg", 0),)   # (field, default) pairs left out of to_dict() at their default
 

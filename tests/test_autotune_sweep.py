@@ -371,6 +371,11 @@ def test_tried_configs_outside_the_space_are_skipped_with_the_reason(fake_kernel
                         seeds=list(args.tries), max_candidates=3)
     assert fake_kernels[:2] == [dflt, inside] and outside not in fake_kernels
     assert "m16n64k64s1w4p3t skipped" in caplog.text and "family: gemv takes block_m <= 4" in caplog.text
+    # the sweep command says up front where each --try config will run
+    from autotune.__main__ import tried_summary
+    text = tried_summary([inside, outside], cases, "sm90")
+    assert f"--try {inside.label}: measured in 1 of 1 cases\n" in text
+    assert "--try m16n64k64s1w4p3t: measured in 0 of 1 cases: family: gemv takes block_m <= 4" in text
 
 
 def test_plan_calibrates_per_family_from_the_database():
