@@ -77,7 +77,17 @@ def main_compare(argv) -> int:
     return 0
 
 
+def _newest_start(doc: dict) -> str:
+    """When the newest run in a results document started (ISO 8601, so it sorts as text); '' when it has none."""
+    return max((str(r.get("started") or "") for r in doc.get("runs", [])), default="")
+
+
 def merge(docs: list[dict], names: list[str]) -> dict:
+    """One results document from shards of one GPU. A case measured by several shards keeps the measurement of the
+    shard whose runs started last (then the later file on the command line), so `s17.json` wins over `s9.json`
+    whatever order a shell glob lists them in."""
+    order = sorted(range(len(docs)), key=lambda i: (_newest_start(docs[i]), i))
+    docs, names = [docs[i] for i in order], [names[i] for i in order]
     gpus = {_gpu(d) for d in docs}
     if len(gpus) != 1:
         raise SystemExit("bench merge: refusing to merge results from different GPUs: "

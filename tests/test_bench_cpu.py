@@ -153,6 +153,11 @@ def test_shards_partition_the_work_and_merge_rebuilds(tmp_path):
     assert by["gptq"]["commit"] == "c1" and by["awq"]["commit"] == "c2"
     again = bcompare.merge([merged, _doc("GPU X", [_case("bnb_nf4", 9.0)], "c3")], ["m", "3"])
     assert {c["name"]: c["commit"] for c in again["cases"]} == {"gptq": "c1", "awq": "c2", "bnb_nf4": "c3"}
+    # the newest shard's measurement wins, whatever order the files are given in (a glob puts s17 before s9)
+    old = dict(_doc("GPU X", [_case("gptq", 20.0)], "c0"), runs=[{"started": "2026-11-20T10:00:00+0000"}])
+    new = dict(_doc("GPU X", [_case("gptq", 15.0)], "c4"), runs=[{"started": "2026-11-24T09:00:00+0000"}])
+    for docs in ([old, new], [new, old]):
+        assert {c["name"]: c["us"] for c in bcompare.merge(docs, ["a", "b"])["cases"]} == {"gptq": 15.0}
     md = (tmp_path / "m" / "results.md").read_text()
     assert "| 12.0 |" in md and "| c2 |" in md and "| c1 |" in md
 
