@@ -207,20 +207,20 @@ class ReadFloor:
         if not self.cuda:
             return None, None
         if nbytes not in self.cache:
-            from .read_floor import _launch, read_floor_us
+            from .read_floor import _launch, floor_words, read_floor_us
             from .timing import time_us
             anchor = 4 ** max(10, round(math.log(nbytes, 4)))
             if anchor not in self.anchor_cfg:
                 self.anchor_cfg[anchor] = read_floor_us(anchor)[1]
             cfg = self.anchor_cfg[anchor]
-            words = max(1, nbytes // 4)
+            words = floor_words(nbytes)
             if self.buf is None or self.buf.numel() < words:
                 self.buf = None
                 self.buf = torch.randint(-2 ** 31, 2 ** 31 - 1, (words + words // 4,), dtype=torch.int32,
                                          device="cuda")
             src = self.buf[:words]
             out = torch.empty(cfg["programs"], dtype=torch.int32, device="cuda")
-            t = time_us(lambda: _launch(src, out, cfg["programs"], cfg["block"], cfg["num_warps"]),
+            t = time_us(lambda: _launch(src, out, cfg["programs"], cfg["block"], cfg["num_warps"], cfg["unroll"]),
                         rep_ms=self.rep_ms)
             self.cache[nbytes] = (t, cfg)
         return self.cache[nbytes]

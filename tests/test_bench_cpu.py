@@ -258,3 +258,16 @@ def test_access_pattern_kernel_reads_every_word_once(packed):
         out = torch.zeros(grid[0] * grid[1], dtype=torch.int32)
         _strip_sum[grid](src, out, R, C, iters, PACKED=packed, BLOCK_R=block_r, BLOCK_C=block_c)
         assert int(out.sum()) == int(src.sum()), (packed, block_r, block_c, split)
+
+
+@pytest.mark.parametrize("n_words,programs,block,unroll", [(16 * 37, 3, 32, 2), (16 * 200, 2, 64, 4), (16 * 5, 4, 32, 1)])
+def test_read_floor_kernel_reads_every_word_once(n_words, programs, block, unroll):
+    """The floor kernel's unmasked rounds plus its masked tail sum each word exactly once (interpreter)."""
+    from bench.read_floor import _launch, floor_words
+    src = torch.randint(-1000, 1000, (n_words,), dtype=torch.int32)
+    out = torch.empty(programs, dtype=torch.int32)
+    _launch(src, out, programs, block, 4, unroll)
+    assert out.sum().item() == src.sum().item()
+    assert floor_words(4 * n_words + 2) == n_words + 16 and floor_words(1) == 16  # rounded up to 16 words
+    with pytest.raises(ValueError, match="multiple of 16"):
+        _launch(src[:-1], out, programs, block, 4, unroll)
