@@ -40,6 +40,13 @@ def parse_label(label: str) -> KernelConfig:
     return KernelConfig.from_label(label)
 
 
+def gpu_weights(spec, N: int, K: int) -> tuple[dict, torch.Tensor, int]:
+    """Synthetic stored tensors of (spec, N, K) on the GPU, their float16 dequantization and their byte count."""
+    qt = synthetic_quantized(spec, N, K)
+    t = {k: v.cuda() for k, v in qt.tensors.items()}
+    return t, ir.dequantize(qt, device="cuda").half(), sum(v.numel() * v.element_size() for v in t.values())
+
+
 def _db_configs(spec, N: int, K: int, M: int) -> list[KernelConfig]:
     from autotune.db import db_path, load
     from runtime.tuning import entry_key, m_bucket
@@ -63,10 +70,7 @@ def main(argv=None) -> int:
     spec = ir.get_format(args.format, **_options(args.option))
     arch = arch_of_capability(*torch.cuda.get_device_capability())
     for N, K in args.shapes:
-        qt = synthetic_quantized(spec, N, K)
-        t = {k: v.cuda() for k, v in qt.tensors.items()}
-        W = ir.dequantize(qt, device="cuda").half()
-        stored = sum(v.numel() * v.element_size() for v in t.values())
+        t, W, stored = gpu_weights(spec, N, K)
         for M in args.batches:
             x = torch.randn(M, K, device="cuda").half()
             ref = x.float() @ W.float().T

@@ -22,10 +22,9 @@ from codegen.__main__ import _shape
 from codegen.arch import arch_of_capability, default_config
 from codegen.plan import lower
 from codegen.triton_backend import render_triton
-from ir.synthetic import synthetic_quantized
 from runtime.loader import load_kernel_module
 
-from .probe import _db_configs
+from .probe import _db_configs, gpu_weights
 from .read_floor import read_floor_us
 from .timing import time_us
 
@@ -68,10 +67,7 @@ def main(argv=None) -> int:
     for name in args.formats:
         spec = ir.get_format(name)
         for N, K in args.shapes:
-            qt = synthetic_quantized(spec, N, K)
-            t = {k: v.cuda() for k, v in qt.tensors.items()}
-            W = ir.dequantize(qt, device="cuda").half()
-            stored = sum(v.numel() * v.element_size() for v in t.values())
+            t, W, stored = gpu_weights(spec, N, K)
             for M in args.batches:
                 cfg = (_db_configs(spec, N, K, M) or [default_config(spec, (M, N, K), arch)])[0]
                 if cfg.split_k == 1:

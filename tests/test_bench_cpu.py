@@ -271,3 +271,29 @@ def test_read_floor_kernel_reads_every_word_once(n_words, programs, block, unrol
     assert floor_words(4 * n_words + 2) == n_words + 16 and floor_words(1) == 16  # rounded up to 16 words
     with pytest.raises(ValueError, match="multiple of 16"):
         _launch(src[:-1], out, programs, block, 4, unroll)
+
+
+def test_bounds_compiles_the_tuned_kernel_and_names_its_bound(tmp_path, capsys):
+    """bench.bounds reads the database entry, compiles that kernel offline and sets memory / issue times beside
+    the measured one; a missing database is a clear error."""
+    from bench import bounds
+    from codegen.arch import default_config
+    from runtime.tuning import entry_key
+    spec = ir.get_format("gptq")
+    cfg = default_config(spec, (1, 256, 1024), "sm90")
+    db = tmp_path / "db.json"
+    db.write_text(json.dumps({"entries": {entry_key(spec.key, "triton", 256, 1024, 1): {"config": cfg.to_dict(),
+                                                                                         "us": 5.0}}}))
+    md = tmp_path / "b.md"
+    assert bounds.main(["--formats", "gptq", "--shapes", "256,1024", "--db", str(db), "--results",
+                        str(tmp_path / "none.json"), "--md", str(md), "--json", str(tmp_path / "b.json")]) == 0
+    row = json.loads((tmp_path / "b.json").read_text())[0]
+    assert row["us"] == 5.0 and row["us_source"] == "database" and row["config"] == cfg.label
+    assert 2.0 < row["instr_per_weight"] < 12.0 and row["registers"] > 0 and row["warps_per_sm"] > 0
+    pts = bounds.parse_floor(bounds.ANCHOR_FLOOR)
+    assert bounds.floor_us(8.4e6, pts) == pytest.approx(8.9) and bounds.floor_us(125e6, pts) == pytest.approx(50.4)
+    assert abs(bounds.floor_us(250e6, pts) - (50.4 + 125e6 * 32.1 / 91.4e6)) < 1e-9  # the last segment's slope
+    assert row["memory_us"] == bounds.floor_us(row["bytes"], pts) and row["bytes"] > 256 * 1024 // 2
+    assert "| gptq | 256x1024 |" in md.read_text()
+    with pytest.raises(SystemExit, match="no tuning database"):
+        bounds.main(["--formats", "gptq", "--db", str(tmp_path / "missing.json")])
