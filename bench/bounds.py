@@ -1,15 +1,15 @@
-"""What bounds an M=1 kernel: bytes against bandwidth, SASS instructions against issue rate, and occupancy.
+"""What bounds a kernel: bytes against bandwidth, SASS instructions against issue rate, and occupancy.
 
-For each (format, N x K) at M=1 it takes the tuned config from this GPU's database, compiles that exact kernel
+For each (format, N x K) at M (--batch, default 1) it takes the tuned config from this GPU's database, compiles that exact kernel
 offline (`codegen.sass`, the ptxas triton ships) and sets three figures beside the measured time:
 
   memory   the read floor for the bytes the kernel must read: piecewise linear through --floor points (default
            ANCHORS.md's H100 floor: 8.4 MB in 8.9 us, 33.6 MB in 18.3 us, 125 MB in 50.4 us; beyond them the end
            segments' slopes), so small reads carry the fixed cost of a launch and its ramp
-  issue    N*K weights x K-loop instructions per weight / 32 lanes / (SMs x 4 schedulers x --clock-ghz); at the
+  issue    N*K weights x K-loop instructions per weight (MMAs included at M > 4) / 32 lanes / (SMs x 4 schedulers x --clock-ghz); at the
            boost clock this is a lower bound (the loop only: prologue, split-K epilogue and stalls excluded)
   flight   peak bytes one SM can have requested at once: resident warps x 32 x the stored bytes a thread loads per K
-           tile (x2 when the kernel carries a register prefetch); Little's law wants bandwidth per SM x latency
+           tile x the tiles requested ahead (gemv: 2 with the register prefetch, else 1; gemm: num_stages - 1); Little's law wants bandwidth per SM x latency
            (--latency-ns) of it to stream at the floor
 
 The verdict names the larger of memory and issue and how close the measured time is to it. A kernel far from
@@ -27,11 +27,12 @@ from pathlib import Path
 
 import ir
 from codegen.__main__ import _shape
+from codegen.arch import kernel_family
 from codegen.plan import lower
 from codegen.sass import compile_report
 from codegen.triton_backend import render_triton
 from ir import KernelConfig, SpecError
-from runtime.tuning import entry_key, gpu_slug
+from runtime.tuning import entry_key, gpu_slug, m_bucket
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ANCHOR_FLOOR = "8.4e6:8.9,33.6e6:18.3,125e6:50.4"  # bytes:us, ANCHORS.md (H100, CUDA-graph replay, L2 flushed)
@@ -58,31 +59,35 @@ def floor_us(nbytes: float, pts: list[tuple[float, float]]) -> float:
 PREFETCH_MARK = "# register prefetch"
 
 
-def _measured(results: dict, name: str, N: int, K: int) -> tuple[float, int] | None:
+def _measured(results: dict, name: str, N: int, K: int, M: int) -> tuple[float, int] | None:
     for c in results.get("cases", []):
-        if c["name"] == name and c["N"] == N and c["K"] == K and c["M"] == 1 and c.get("us") and c["status"] == "ok":
+        if c["name"] == name and c["N"] == N and c["K"] == K and c["M"] == M and c.get("us") and c["status"] == "ok":
             return float(c["us"]), int(c["bytes"])
     return None
 
 
 def bound_row(spec, N: int, K: int, entry: dict, measured: tuple[float, int] | None, args) -> dict:
+    M = args.batch
     cfg = KernelConfig(**entry["config"])
-    rep = compile_report(spec, 1, N, K, args.arch, cfg)
+    rep = compile_report(spec, M, N, K, args.arch, cfg)
     loop = rep.main_loop
     ipw = sum(loop.values()) / rep.weights_per_thread if loop and rep.weights_per_thread else float("nan")
-    prefetch = PREFETCH_MARK in render_triton(lower(spec, 1, N, K, cfg, args.arch))
+    prefetch = PREFETCH_MARK in render_triton(lower(spec, M, N, K, cfg, args.arch))
     us, nbytes = measured if measured else (float(entry["us"]), None)
     if nbytes is None:  # stored bytes at the format's bits per weight + fp16 x and y
-        nbytes = int(N * K * spec.bits_per_weight(N, K) / 8) + 2 * (N + K)
+        nbytes = int(N * K * spec.bits_per_weight(N, K) / 8) + 2 * M * (N + K)
     bpw_bytes = nbytes / (N * K)
     mem_us = floor_us(nbytes, parse_floor(args.floor))
     issue_us = N * K * ipw / 32 / (args.sms * 4 * args.clock_ghz * 1e3)
-    flight = rep.occupancy_warps * 32 * rep.weights_per_thread * bpw_bytes * (2 if prefetch else 1)
+    # tiles one program has requested ahead: the gemv's register prefetch carries one more, the gemm's cp.async
+    # pipeline num_stages - 1
+    ahead = max(1, cfg.num_stages - 1) if kernel_family(M) == "gemm" else (2 if prefetch else 1)
+    flight = rep.occupancy_warps * 32 * rep.weights_per_thread * bpw_bytes * ahead
     pts = parse_floor(args.floor)
     rate = (pts[-1][0] - pts[-2][0]) / (pts[-1][1] - pts[-2][1]) * 1e6  # bytes/s of the largest reads
     need = rate / args.sms * args.latency_ns * 1e-9
     bound, t = ("memory", mem_us) if mem_us >= issue_us else ("issue", issue_us)
-    return {"format": spec.name, "N": N, "K": K, "config": cfg.label, "us": us,
+    return {"format": spec.name, "N": N, "K": K, "M": M, "config": cfg.label, "us": us,
             "us_source": "bench" if measured else "database", "db_us": float(entry["us"]), "bytes": nbytes, "memory_us": mem_us,
             "issue_us": issue_us, "instr_per_weight": ipw, "registers": rep.registers, "spills": rep.spills,
             "warps_per_sm": rep.occupancy_warps, "prefetch": prefetch, "flight_kb": flight / 1024,
@@ -103,7 +108,7 @@ def _verdict(r: dict) -> str:
 
 
 def table(rows: list[dict], args) -> str:
-    out = [f"M=1 bounds: memory = read floor through {args.floor} (bytes:us), issue at {args.clock_ghz} GHz x {args.sms} SMs x 4, "
+    out = [f"M={args.batch} bounds: memory = read floor through {args.floor} (bytes:us), issue at {args.clock_ghz} GHz x {args.sms} SMs x 4, "
            f"Little's law at {args.latency_ns:.0f} ns wants {rows[0]['need_kb']:.1f} KB in flight per SM" if rows else "",
            "",
            "| format | N x K | config | us | sweep us | memory us | issue us | instr/weight | regs | warps/SM | in flight KB/SM "
@@ -121,6 +126,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bounds")
     p.add_argument("--formats", nargs="+", default=["gptq"])
     p.add_argument("--shapes", nargs="+", type=_shape, default=[(8192, 28672), (28672, 8192)])
+    p.add_argument("--batch", type=int, default=1, help="M (its bucket's database entry is used)")
     p.add_argument("--gpu", default="NVIDIA H100 80GB HBM3", help="whose database and results to read")
     p.add_argument("--arch", default="sm90")
     p.add_argument("--sms", type=int, default=132)
@@ -144,12 +150,13 @@ def main(argv=None) -> int:
     for name in args.formats:
         spec = ir.get_format(name)
         for N, K in args.shapes:
-            e = entries.get(entry_key(spec.key, "triton", N, K, 1))
+            e = entries.get(entry_key(spec.key, "triton", N, K, m_bucket(args.batch)))
             if e is None:
-                print(f"  {name} {N}x{K}: no M=1 entry in {db_path.name}; skipped", file=sys.stderr)
+                print(f"  {name} {N}x{K}: no M-bucket {m_bucket(args.batch)} entry in {db_path.name}; skipped",
+                      file=sys.stderr)
                 continue
             try:
-                rows.append(bound_row(spec, N, K, e, _measured(results, spec.name, N, K), args))
+                rows.append(bound_row(spec, N, K, e, _measured(results, spec.name, N, K, args.batch), args))
             except SpecError as err:  # a shape the format refuses
                 print(f"  {name} {N}x{K}: {err}; skipped", file=sys.stderr)
                 continue

@@ -297,3 +297,11 @@ def test_bounds_compiles_the_tuned_kernel_and_names_its_bound(tmp_path, capsys):
     assert "| gptq | 256x1024 |" in md.read_text()
     with pytest.raises(SystemExit, match="no tuning database"):
         bounds.main(["--formats", "gptq", "--db", str(tmp_path / "missing.json")])
+    # M=16: the bucket-16 entry's gemm kernel (MMAs in its K loop), x and y bytes for 16 rows
+    cfg16 = default_config(spec, (16, 256, 1024), "sm90")
+    db.write_text(json.dumps({"entries": {entry_key(spec.key, "triton", 256, 1024, 16): {"config": cfg16.to_dict(),
+                                                                                          "us": 7.0}}}))
+    assert bounds.main(["--formats", "gptq", "--shapes", "256,1024", "--batch", "16", "--db", str(db), "--results",
+                        str(tmp_path / "none.json"), "--json", str(tmp_path / "b16.json")]) == 0
+    row16 = json.loads((tmp_path / "b16.json").read_text())[0]
+    assert row16["M"] == 16 and row16["config"] == cfg16.label and row16["bytes"] == row["bytes"] + 2 * 15 * (256 + 1024)
