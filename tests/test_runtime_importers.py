@@ -220,9 +220,14 @@ def test_awq_checkpoint_decodes_like_autoawq(tmp_path, gen):
     pack = lambda f: _pack_fields(f.reshape(f.shape[0], -1, 8)[:, :, order].reshape(f.shape), 4, 1)  # noqa: E731
     t = {"qweight": pack(q), "qzeros": pack(z), "scales": (torch.rand(K // gs, N, generator=gen) * 0.01).half()}
     cfg = {"quant_method": "awq", "version": "gemm", "zero_point": True, "w_bit": 4, "q_group_size": gs}
-    imp = from_gptq(_write_checkpoint(tmp_path / "awq", {"l": t}, cfg))
+    ref = awq_dequantize(t["qweight"], t["qzeros"], t["scales"], gs)
+    imp = from_gptq(_write_checkpoint(tmp_path / "awq", {"l": t}, cfg), repack=False)
     assert imp.layers["l"].spec.name == "awq" and imp.layers["l"].shape == (N, K)
-    assert torch.equal(ir.dequantize(imp.layers["l"]), awq_dequantize(t["qweight"], t["qzeros"], t["scales"], gs))
+    assert torch.equal(ir.dequantize(imp.layers["l"]), ref)
+    # by default the layer is repacked into GPTQ v2 (int4_g128_asym at group 128): the same weight, bit for bit
+    imp = from_gptq(_write_checkpoint(tmp_path / "awq2", {"l": t}, cfg))
+    assert imp.layers["l"].spec.name == "int4_g128_asym" and imp.layers["l"].shape == (N, K)
+    assert torch.equal(ir.dequantize(imp.layers["l"]), ref)
 
 
 def test_efficientqat_native_checkpoint(tmp_path, gen):

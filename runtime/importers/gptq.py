@@ -14,6 +14,9 @@ auto_round:gptqmodel, auto_round:exllamav2 / triton) auto_round_extension's, whi
 (v2 convention, no g_idx); extra_config overrides options per layer (exact name, else a regex). Only
 data_type "int" is weight-only integer.
 AutoAWQ (quant_method "awq"): version "gemm" with zero_point true; w_bit / q_group_size (or bits / group_size).
+Its layers are repacked at import (`repack=True`, the default) into GPTQ v2 with the same group size
+(int4_g128_asym for group 128; ir.convert: the same codes, zero points and scales, bit-identical dequantized
+weights), whose kernels are 1.3-2x faster than AWQ's at every M on the H100; repack=False keeps the AWQ layout.
 
 A g_idx that is not i // group_size is act-order whatever desc_act says (the origins' dequantizers always
 gather scales by g_idx), so it selects desc_act=True.
@@ -34,6 +37,7 @@ import torch
 
 import ir
 from ir import QuantizedTensor, SpecError
+from ir.convert import convert, repack_target
 
 from .common import Imported, claim_biases, read_state_dict
 
@@ -162,9 +166,10 @@ def _qt(imp: Imported, layer: str, fmt: str, options: dict, t: dict, N: int, K: 
         raise SpecError(f"{imp.source}: layer {layer}: {e}") from e
 
 
-def from_gptq(source, quantize_config: Mapping[str, Any] | str | Path | None = None) -> Imported:
+def from_gptq(source, quantize_config: Mapping[str, Any] | str | Path | None = None, repack: bool = True) -> Imported:
     """A GPTQ / GPTQModel / AutoGPTQ / AutoRound / AutoAWQ checkpoint: a state dict, a .safetensors file or a
-    folder of shards; quantize_config is a dict or a JSON path (default: found next to the files)."""
+    folder of shards; quantize_config is a dict or a JSON path (default: found next to the files). With
+    `repack`, layers whose format has a faster exact equivalent (AutoAWQ -> GPTQ v2) are converted once here."""
     sd, label = read_state_dict(source, "gptq import")
     cfg = _read_config(source, quantize_config)
     imp = Imported(source=label)
@@ -172,7 +177,9 @@ def from_gptq(source, quantize_config: Mapping[str, Any] | str | Path | None = N
         t = _take(imp, sd, layer, ("qweight", "qzeros", "scales", "g_idx"))
         N, K = _dims(_is_awq(cfg), _bits({**cfg, **_layer_overrides(cfg, layer)}), t)
         fmt, options = _layer_format(cfg, layer, K, t.get("g_idx"))
-        imp.layers[layer] = _qt(imp, layer, fmt, options, t, N, K)
+        qt = _qt(imp, layer, fmt, options, t, N, K)
+        target = repack_target(qt.spec) if repack else None
+        imp.layers[layer] = convert(qt, target) if target is not None else qt
     imp.tensors = sd
     return claim_biases(imp)
 
