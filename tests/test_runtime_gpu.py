@@ -183,3 +183,21 @@ def test_tvm_backend_prebuilt_artifacts(name, monkeypatch):
             torch.cuda.synchronize()
             assert torch.allclose(y, q(x), rtol=1e-3, atol=1e-3)
             assert _rel(y, _ref(q, x)) < REL_TOL[torch.float16], f"{name} M={M} graph replay"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_awq_repacked_to_gptq_v2_matches_the_awq_reference(dtype):
+    """An AutoAWQ weight repacked by ir.convert (what runtime.importers.from_gptq does) runs the int4_g128_asym
+    kernels and gives the AWQ weight's product at every M bucket family."""
+    from ir.convert import convert, repack_target
+    N, K = CASES["awq"]
+    awq = synthetic_quantized(ir.get_format("awq"), N, K, seed=3)
+    q = QuantLinear.from_quantized(convert(awq, repack_target(awq.spec))).to(DEV)
+    assert q.spec.name == "int4_g128_asym"
+    W = ir.dequantize(awq).double().to(DEV)
+    g = torch.Generator(device=DEV).manual_seed(4)
+    for M in MS:
+        x = (torch.randn(M, K, generator=g, device=DEV) * 0.5).to(dtype)
+        assert q.dispatch(M, dtype).kind == "triton"
+        err = _rel(q(x), x.double() @ W.T)
+        assert err < REL_TOL[dtype], f"repacked awq M={M} {dtype}: rel err {err:.2e}"
