@@ -32,6 +32,7 @@ from codegen.plan import lower
 from codegen.sass import compile_report
 from codegen.triton_backend import render_triton
 from ir import KernelConfig, SpecError
+from autotune.db import db_path as default_db_path
 from runtime.tuning import entry_key, gpu_slug, m_bucket
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -77,13 +78,13 @@ def bound_row(spec, N: int, K: int, entry: dict, measured: tuple[float, int] | N
     if nbytes is None:  # stored bytes at the format's bits per weight + fp16 x and y
         nbytes = int(N * K * spec.bits_per_weight(N, K) / 8) + 2 * M * (N + K)
     bpw_bytes = nbytes / (N * K)
-    mem_us = floor_us(nbytes, parse_floor(args.floor))
+    mem_us = floor_us(nbytes, args.floor_points)
     issue_us = N * K * ipw / 32 / (args.sms * 4 * args.clock_ghz * 1e3)
     # tiles one program has requested ahead: the gemv's register prefetch carries one more, the gemm's cp.async
     # pipeline num_stages - 1
     ahead = max(1, cfg.num_stages - 1) if kernel_family(M) == "gemm" else (2 if prefetch else 1)
     flight = rep.occupancy_warps * 32 * rep.weights_per_thread * bpw_bytes * ahead
-    pts = parse_floor(args.floor)
+    pts = args.floor_points
     rate = (pts[-1][0] - pts[-2][0]) / (pts[-1][1] - pts[-2][1]) * 1e6  # bytes/s of the largest reads
     need = rate / args.sms * args.latency_ns * 1e-9
     bound, t = ("memory", mem_us) if mem_us >= issue_us else ("issue", issue_us)
@@ -138,10 +139,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--md", help="also write the table here")
     args = p.parse_args(argv)
+    args.floor_points = parse_floor(args.floor)
     slug = gpu_slug(args.gpu)
     res_path = Path(args.results) if args.results else RESULTS / slug / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    db_path = Path(args.db) if args.db else Path(__file__).resolve().parent.parent / "autotune" / "db" / f"{slug}.json"
+    db_path = Path(args.db) if args.db else default_db_path(args.gpu)
     if not db_path.exists():
         raise SystemExit(f"bench.bounds: no tuning database at {db_path}; tune with `python -m autotune sweep` "
                          f"or pass --db")

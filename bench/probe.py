@@ -35,11 +35,6 @@ def grid(M: int, K: int):
             yield KernelConfig(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st, swap_ab=sw)
 
 
-def parse_label(label: str) -> KernelConfig:
-    """KernelConfig from its label, e.g. m16n64k128s4w4p3t (t = swap_ab), m1n64k128s8w2p2r128 (r = maxnreg)."""
-    return KernelConfig.from_label(label)
-
-
 def gpu_weights(spec, N: int, K: int) -> tuple[dict, torch.Tensor, int]:
     """Synthetic stored tensors of (spec, N, K) on the GPU, their float16 dequantization and their byte count."""
     qt = synthetic_quantized(spec, N, K)
@@ -62,7 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="+", type=_shape, default=[(4096, 4096)])
     p.add_argument("--batches", nargs="+", type=int, default=[1])
     p.add_argument("--top", type=int, default=5)
-    p.add_argument("--configs", nargs="+", type=parse_label, help="config labels to time instead of the grid")
+    p.add_argument("--configs", nargs="+", type=KernelConfig.from_label,
+                   help="config labels to time instead of the grid (m16n64k128s4w4p3t: t swap_ab, r96 maxnreg)")
     p.add_argument("--from-db", action="store_true", help="also time the database's config for each case")
     p.add_argument("--json", help="write every timed row to this JSON file")
     args = p.parse_args(argv)
