@@ -7,8 +7,8 @@ M = the bucket value (the largest M it holds; 512 stands for "large"), with the 
 M = 4, gemm (tl.dot) above. The runtime dispatches every M of a bucket to the bucket's entry.
 
 Candidates are the product of the per-axis ladders below (every knob the Triton templates expose:
-block_m, block_n, block_k, split_k, num_warps, num_stages, the register cap maxnreg for gemv, and swap_ab
-for gemm), pruned by
+block_m, block_n, block_k, split_k, num_warps, num_stages, the register cap maxnreg for gemv, swap_ab
+for gemm, and the weight stream's evict_first hint), pruned by
 `autotune.prune` before anything compiles. That product is hundreds to a few thousand configs, far
 more than a 10-20 s budget can compile, so `Search` walks it by coordinate descent from the heuristic
 default (`codegen.arch.default_config`): it proposes the untried legal configs on the axis lines
@@ -41,6 +41,7 @@ AXES: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {
                                        # 2 is the template's register prefetch where the decode allows it
         "block_m": (1, 2, 4),
         "maxnreg": (0, 64, 80, 96, 128, 168),   # 0: the compiler's choice; a cap buys resident warps
+        "evict_first": (False, True),  # the weight stream's loads hinted evict-first (ir.spec.KernelConfig)
     },
     ("triton", "gemm"): {
         "block_n": (32, 64, 128, 256),
@@ -50,6 +51,7 @@ AXES: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {
         "num_stages": (2, 3, 4, 5),
         "block_m": (16, 32, 64, 128),
         "swap_ab": (False, True),
+        "evict_first": (False, True),
     },
 }
 

@@ -8,6 +8,7 @@ the config the tuning database holds for it (any kernel hash: a tuned config of 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -58,8 +59,10 @@ def main(argv=None) -> int:
     p.add_argument("--batches", nargs="+", type=int, default=[1])
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--configs", nargs="+", type=KernelConfig.from_label,
-                   help="config labels to time instead of the grid (m16n64k128s4w4p3t: t swap_ab, r96 maxnreg)")
+                   help="config labels to time instead of the grid (m16n64k128s4w4p3t: t swap_ab, r96 maxnreg, e evict_first)")
     p.add_argument("--from-db", action="store_true", help="also time the database's config for each case")
+    p.add_argument("--evict", action="store_true",
+                   help="also time each candidate with evict_first (label suffix e): the weight stream's loads hinted")
     p.add_argument("--json", help="write every timed row to this JSON file")
     args = p.parse_args(argv)
     rows = []
@@ -79,6 +82,8 @@ def main(argv=None) -> int:
             cands = [dflt] + (_db_configs(spec, N, K, M) if args.from_db else [])
             gemv = kernel_family(M) == "gemv"
             cands += [c for c in (args.configs if args.configs else grid(M, K)) if (c.block_m <= 4) == gemv]
+            if args.evict:
+                cands += [dataclasses.replace(c, evict_first=True) for c in cands]
             for cfg in dict.fromkeys(cands):
                 try:
                     mod = get_kernel(spec, M, N, K, arch, cfg)

@@ -15,6 +15,9 @@ import triton.language as tl
 # prove a masked tail 16-byte aligned and issue vector loads. Without it an odd byte count streams with 4-byte
 # loads at about 1.67 instead of 2.24 TB/s (H100, 122 MB), which made earlier floors up to 35% too slow.
 WORD_MULTIPLE = 16
+# The loads carry eviction_policy="evict_first" (L1 and L2 evict-first, no .cg): on the H100, 125 MB in 49.6 us
+# (2.52 TB/s) against 54.1 us with .cg or no hint (2.31 TB/s), best config of each (bench/results NOTES.md,
+# session 7); ANCHORS.md's probe had 50.4 us.
 
 
 def floor_words(nbytes: int) -> int:
@@ -34,11 +37,11 @@ def _stream_sum(src_ptr, out_ptr, n_words, full_rounds, BLOCK: tl.constexpr, UNR
     for r in range(full_rounds):
         base = (r * nprog + pid) * (BLOCK * UNROLL)
         for u in tl.static_range(UNROLL):
-            acc += tl.load(src_ptr + base + u * BLOCK + lanes, cache_modifier=".cg")
+            acc += tl.load(src_ptr + base + u * BLOCK + lanes, eviction_policy="evict_first")
     tail = full_rounds * nprog * (BLOCK * UNROLL)
     for u in tl.static_range(UNROLL):
         offs = tail + (pid * UNROLL + u) * BLOCK + lanes
-        acc += tl.load(src_ptr + offs, mask=offs < n_words, other=0, cache_modifier=".cg")
+        acc += tl.load(src_ptr + offs, mask=offs < n_words, other=0, eviction_policy="evict_first")
     tl.store(out_ptr + pid, tl.sum(acc, axis=0))
 
 

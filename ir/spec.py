@@ -417,12 +417,16 @@ class KernelConfig(_Keyed):
     # as it ignores num_stages and swap_ab. Added after configs were first stored, it is left out of to_dict()
     # (hence of the content key, the generated CONFIG and the kernel source) while it holds its default, so
     # configs, keys and tuned kernels that predate it stay equal.
+    evict_first: bool = False   # Triton backend: the weight stream's loads carry eviction_policy="evict_first" (read
+    # once, so they should not push other lines out of L2; the H100 read floor went 54.1 -> 49.6 us at 125 MB with
+    # it). Optional like maxnreg: left out of to_dict() and of the kernel source while False.
 
-    _OPTIONAL = (("maxnreg", 0),)   # (field, default) pairs left out of to_dict() at their default
+    _OPTIONAL = (("maxnreg", 0), ("evict_first", False))   # (field, default) pairs left out of to_dict() at default
 
     def __post_init__(self):
-        if not isinstance(self.swap_ab, bool):
-            _fail("KernelConfig", "swap_ab", self.swap_ab, "True or False")
+        for f in ("swap_ab", "evict_first"):
+            if not isinstance(getattr(self, f), bool):
+                _fail("KernelConfig", f, getattr(self, f), "True or False")
         if not isinstance(self.maxnreg, int) or isinstance(self.maxnreg, bool) or not (
                 self.maxnreg == 0 or (32 <= self.maxnreg <= 255 and self.maxnreg % 8 == 0)):
             _fail("KernelConfig", "maxnreg", self.maxnreg, "0 (the compiler's choice) or a multiple of 8 in [32, 255]")
@@ -442,21 +446,24 @@ class KernelConfig(_Keyed):
 
     @classmethod
     def from_label(cls, label: str) -> KernelConfig:
-        """The config a `label` names, e.g. m16n64k128s4w4p3t (t: swap_ab) or m1n64k128s8w2p2r128 (r: maxnreg)."""
-        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(t?)(?:r(\d+))?", label)
+        """The config a `label` names, e.g. m16n64k128s4w4p3t (t: swap_ab) or m1n64k128s8w2p2r128e (r: maxnreg,
+        e: evict_first)."""
+        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(t?)(?:r(\d+))?(e?)", label)
         if not m:
             raise SpecError(f"config label {label!r} is not like m16n64k128s4w4p3 (block_m, block_n, block_k, "
-                            f"split_k, num_warps, num_stages; t suffix: swap_ab; r96 suffix: maxnreg 96)")
+                            f"split_k, num_warps, num_stages; t suffix: swap_ab; r96 suffix: maxnreg 96; "
+                            f"e suffix: evict_first)")
         bm, bn, bk, sk, w, st = (int(v) for v in m.groups()[:6])
         return cls(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st,
-                   swap_ab=bool(m.group(7)), maxnreg=int(m.group(8) or 0))
+                   swap_ab=bool(m.group(7)), maxnreg=int(m.group(8) or 0), evict_first=bool(m.group(9)))
 
     @property
     def label(self) -> str:
         swap = "t" if self.swap_ab else ""
         reg = f"r{self.maxnreg}" if self.maxnreg else ""
+        evict = "e" if self.evict_first else ""
         return (f"m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}"
-                f"{swap}{reg}")
+                f"{swap}{reg}{evict}")
 
 
 __all__ = [
