@@ -30,7 +30,7 @@ from runtime.tuning import DB_DIR, m_bucket
 
 from .db import DatabaseError, db_path, is_stale, load, load_for_write, stale_reasons
 from .space import BACKENDS, Search, candidates, tuning_m
-from .sweep import FINAL_RESERVE, Case, result_table, run_sweep, same_kernel, summary, untuned
+from .sweep import FINAL_RESERVE, Case, SweepInterrupted, result_table, run_sweep, same_kernel, summary, untuned
 from .verify import Reference, evaluate
 from codegen.__main__ import _parse_value, _shape
 
@@ -141,15 +141,26 @@ def cmd_sweep(args) -> int:
         return 2
     print(tried_summary(args.tries or (), cases, header["arch"]), end="")
     t0 = time.perf_counter()
-    rows = run_sweep(cases, header=header, path=path, device="cuda", timer=sweep_timer, budget_s=args.budget_s,
-                     options=options, jobs=args.jobs, fresh=args.fresh, force=args.force,
-                     max_candidates=args.max_candidates, dtype=DTYPES[args.dtype], patience=args.patience or None,
-                     seeds=not args.no_seeds, tries=tuple(args.tries or ()))
+    try:
+        rows = run_sweep(cases, header=header, path=path, device="cuda", timer=sweep_timer, budget_s=args.budget_s,
+                         options=options, jobs=args.jobs, fresh=args.fresh, force=args.force,
+                         max_candidates=args.max_candidates, dtype=DTYPES[args.dtype],
+                         patience=args.patience or None, seeds=not args.no_seeds, tries=tuple(args.tries or ()))
+    except SweepInterrupted as stop:
+        _print_results(stop.rows, t0)
+        again = "the same command without --force" if args.force else "the same command"
+        print(f"\n{stop}: their winners are saved in {path}; run {again} again to tune the rest "
+              f"(tuned cases are skipped)", file=sys.stderr)
+        return 130
+    _print_results(rows, t0)
+    return 0 if all(r.winner is not None for r in rows) else 1
+
+
+def _print_results(rows, t0: float) -> None:
     if rows:
         print()
         print(result_table(rows))
         print(summary(rows, time.perf_counter() - t0))
-    return 0 if all(r.winner is not None for r in rows) else 1
 
 
 def tried_summary(tries, cases, arch: str) -> str:

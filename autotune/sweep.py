@@ -369,11 +369,31 @@ def run_sweep(cases: list[Case], *, header: dict, path: Path, device: str, timer
                             patience=patience, known=known, tries=tries, out=out)
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT, e.g. `timeout -s INT`) during a sweep: `rows` are the cases finished (and saved) before it."""
+
+    def __init__(self, rows: list[CaseResult], total: int):
+        super().__init__(f"interrupted after {len(rows)} of {total} cases")
+        self.rows, self.total = rows, total
+
+
 def _sweep_cases(todo: list[Case], pool, *, header, path, device, timer, budget_s, options, jobs, fresh,
                  max_candidates, dtype, patience, known, out, tries=()) -> list[CaseResult]:
-    """`known`: entries to seed from (None: no seeds), grown with every winner of this sweep."""
+    """`known`: entries to seed from (None: no seeds), grown with every winner of this sweep. An interrupt
+    raises SweepInterrupted with the finished cases (each winner is already written when its case ends)."""
+    rows: list[CaseResult] = []
+    try:
+        return _sweep_loop(todo, pool, rows, header=header, path=path, device=device, timer=timer,
+                           budget_s=budget_s, options=options, jobs=jobs, fresh=fresh, max_candidates=max_candidates,
+                           dtype=dtype, patience=patience, known=known, out=out, tries=tries)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(rows, len(todo)) from None
+
+
+def _sweep_loop(todo, pool, rows, *, header, path, device, timer, budget_s, options, jobs, fresh, max_candidates,
+                dtype, patience, known, out, tries) -> list[CaseResult]:
     arch = header["arch"]
-    rows, refs, started, replace_file = [], {}, time.perf_counter(), fresh
+    refs, started, replace_file = {}, time.perf_counter(), fresh
     for i, c in enumerate(todo, 1):
         rk = (c.spec.key, c.N, c.K)
         if rk not in refs:

@@ -176,25 +176,33 @@ def render_markdown(doc: dict) -> str:
                     f"{_fmt(c.get('floor_us'), '.1f')} | {_frac(c)} | "
                     f"{_fmt(c.get('speedup_vs_fp16'), '.2f')} |" + (f" {c.get('commit') or '-'} |" if commits else ""))
         lines.append("")
-    if any(suspect_floor(c) for c in cases):
-        lines += [SUSPECT_FLOOR_NOTE, ""]
+    marks = {floor_mark(c) for c in cases} - {""}
+    lines += [note for mark, note in FLOOR_NOTES.items() if mark in marks for note in (note, "")]
     lines += _not_measured(cases)
     return "\n".join(lines) + "\n"
 
 
-SUSPECT_FLOOR_NOTE = ("† the floor of this row was measured by the floor kernel before session 6 on a word count "
-                      "not divisible by 16: it streamed with 4-byte loads, so the floor is too slow (up to 35%) and "
-                      "the fraction too high. Re-run the case (NOTES.md, Session 6).")
+FLOOR_NOTES = {
+    "†": "† the floor of this row came from the floor kernel before session 7 over a word count not divisible by 16: "
+         "it streamed with 4-byte loads and .cg hints, up to 35% slower than the current floor, so the fraction is "
+         "that much too high. Re-run the case (NOTES.md, Sessions 6 and 7).",
+    "‡": "‡ the floor of this row came from the floor kernel before session 7 (.cg loads): 8-10% slower at large sizes "
+         "than the current evict-first floor under do_bench's L2 flush (54.1 vs 49.6 us for 125 MB), so the fraction "
+         "is about that much too high (NOTES.md, Session 7).",
+}
 
 
-def suspect_floor(c: dict) -> bool:
-    """A floor from the pre-session-6 kernel (its config has no `unroll`) over an odd word count (see NOTE)."""
+def floor_mark(c: dict) -> str:
+    """'†' or '‡' for a floor measured by the pre-session-7 kernel (its config has no `unroll`): † over a word
+    count not divisible by 16 (4-byte loads), ‡ otherwise; '' for the current kernel's floors (see FLOOR_NOTES)."""
     cfg = c.get("floor_config") or {}
-    return bool(cfg) and "unroll" not in cfg and bool(c.get("bytes")) and (c["bytes"] // 4) % 16 != 0
+    if not cfg or "unroll" in cfg or not c.get("bytes"):
+        return ""
+    return "†" if (c["bytes"] // 4) % 16 else "‡"
 
 
 def _frac(c: dict) -> str:
-    return _fmt(c.get("floor_frac"), ".0%") + ("†" if suspect_floor(c) else "")
+    return _fmt(c.get("floor_frac"), ".0%") + floor_mark(c)
 
 
 def _not_measured(cases) -> list[str]:

@@ -140,6 +140,26 @@ def test_sweep_writes_resumes_and_retunes_stale(tmp_path, fake_kernels):
     assert len(rows) == 4 and load(path)["header"]["gpu"] == other["gpu"]
 
 
+def test_an_interrupted_sweep_keeps_the_finished_cases_and_resumes(tmp_path, fake_kernels):
+    """Ctrl-C in the third case: the two finished winners are saved and reported (SweepInterrupted.rows), and the
+    same sweep again tunes only the two cases left."""
+    progress = []   # the sweep's per-case progress lines
+
+    def interrupting(fn, rep_ms):
+        if len(progress) == 2:   # two cases done: the first timing of the third one
+            raise KeyboardInterrupt
+        return timer(fn, rep_ms)
+
+    path = db_path(HEADER["gpu"], tmp_path)
+    cases, options = plan_cases(["gptq", "bnb_nf4"], [(N, K)], [1, 16], ["triton"], out=lambda m: None)
+    with pytest.raises(sweep.SweepInterrupted, match="after 2 of 4 cases") as stop:
+        run_sweep(cases, header=HEADER, path=path, device="cpu", timer=interrupting, budget_s=60, options=options,
+                  max_candidates=3, out=lambda m: progress.append(m) if m.startswith("[") else None)
+    assert [r.case for r in stop.value.rows] == cases[:2] and len(load(path)["entries"]) == 2
+    rows, lines = _sweep(path)
+    assert "2 already tuned" in lines[0] and [r.case for r in rows] == cases[2:]
+
+
 def test_cli_show_and_refusals(tmp_path, fake_kernels, capsys):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU-only behaviour")

@@ -307,13 +307,16 @@ def test_bounds_compiles_the_tuned_kernel_and_names_its_bound(tmp_path, capsys):
     assert row16["M"] == 16 and row16["config"] == cfg16.label and row16["bytes"] == row["bytes"] + 2 * 15 * (256 + 1024)
 
 
-def test_report_marks_floors_of_the_old_kernel_over_odd_word_counts():
-    """A floor measured before the word rounding (its config has no `unroll`) over a word count not divisible by 16
-    streamed with 4-byte loads: the report marks its fraction; aligned or new-kernel floors are not marked."""
+def test_report_marks_floors_of_the_old_kernel():
+    """A floor measured before session 7 (its config has no `unroll`) is marked: † over a word count not divisible
+    by 16 (it streamed with 4-byte loads), ‡ otherwise (.cg loads, ~10% slower); the current kernel's are not."""
     old = {"programs": 1056, "block": 2048, "num_warps": 4}
     odd = dict(_case("bnb_nf4", 10.0), bytes=121242692, floor_config=old)
     aligned = dict(_case("gptq", 10.0), bytes=122101760, floor_config=old)
     new = dict(_case("bnb_fp4", 10.0), bytes=121242692, floor_config=dict(old, unroll=2))
-    assert [breport.suspect_floor(c) for c in (odd, aligned, new)] == [True, False, False]
+    assert [breport.floor_mark(c) for c in (odd, aligned, new)] == ["†", "‡", ""]
     md = breport.render_markdown(_doc("GPU X", [odd, aligned, new]))
-    assert "80%†" in md and md.count("†") == 3 and breport.SUSPECT_FLOOR_NOTE in md  # 2 table cells + the note
+    assert "80%†" in md and "80%‡" in md and md.count("†") == 3 and md.count("‡") == 3  # 2 table cells + the note
+    assert all(note in md for note in breport.FLOOR_NOTES.values())
+    md_new = breport.render_markdown(_doc("GPU X", [new]))
+    assert "†" not in md_new and "‡" not in md_new

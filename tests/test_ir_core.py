@@ -194,3 +194,20 @@ def test_shape_rules_refuse_shapes_the_layout_cannot_hold():
     with pytest.raises(ir.SpecError, match="shape_rules"):
         ir.FormatSpec.from_dict({**d, "params": [[k, v] for k, v in d["params"] if k != "shape_rules"]
                                  + [["shape_rules", [["K > 1"]]]]})
+
+
+def test_kernel_config_labels_and_optional_fields():
+    """Labels round-trip every field (t: swap_ab, r: maxnreg, e: evict_first); the optional fields are left out of
+    to_dict() (hence of content keys and kernel sources) at their defaults; bad values name what is valid."""
+    from ir import KernelConfig, SpecError
+    for label in ("m16n64k128s4w4p3", "m16n64k128s4w4p3t", "m1n64k128s8w2p2r128", "m1n64k128s8w2p2r128e",
+                  "m1n64k128s8w2p2e", "m16n64k128s4w4p3te"):
+        c = KernelConfig.from_label(label)
+        assert c.label == label and KernelConfig(**c.to_dict()) == c
+    plain, hinted = KernelConfig(), KernelConfig(evict_first=True)
+    assert "evict_first" not in plain.to_dict() and "maxnreg" not in plain.to_dict()
+    assert hinted.to_dict()["evict_first"] is True and hinted.key != plain.key
+    with pytest.raises(SpecError, match="evict_first.*True or False"):
+        KernelConfig(evict_first=1)
+    with pytest.raises(SpecError, match="e suffix: evict_first"):
+        KernelConfig.from_label("m1n64k128s8w2p2x")

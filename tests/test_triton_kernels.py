@@ -139,3 +139,24 @@ def test_gemv_register_prefetch(name, split_k, quantized, gen):
     for dtype in (torch.float16, torch.bfloat16):
         err = check_kernel(mod, qt, 1, dtype, gen, bias=True, device=DEVICE)
         assert err < REL_TOL[dtype], f"{name} {dtype}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_evict_first_hints_the_weight_stream_only_when_asked(name, quantized, gen):
+    """KernelConfig.evict_first: the weight stream's loads carry eviction_policy="evict_first" in both families'
+    kernels (fast paths), the default config renders without it (kernels tuned before the option keep their
+    source hash), and the hinted M=1 and M=16 kernels still match the reference."""
+    import dataclasses
+    qt, gemv, gemm = quantized(name)
+    N, K = qt.shape
+    for family, M, cfg in (("gemv", 1, gemv), ("gemm", 16, gemm)):
+        plain = kernel_module(qt.spec, family, M, N, K, cfg)
+        hinted = kernel_module(qt.spec, family, M, N, K, dataclasses.replace(cfg, evict_first=True))
+        assert "eviction_policy" not in Path(plain.__file__).read_text()
+        src = Path(hinted.__file__).read_text()
+        fast = "def decode_parts_fast(" in src or "def decode_tile_fast(" in src or "def decode_tile_nk_fast(" in src
+        if fast:
+            assert 'eviction_policy="evict_first"' in src, f"{name} {family}: no hinted weight load"
+        assert hinted.CONFIG.get("evict_first") is True and "evict_first" not in plain.CONFIG
+        err = check_kernel(hinted, qt, M, torch.float16, gen, device=DEVICE)
+        assert err < REL_TOL[torch.float16], f"{name} {family} evict_first: rel err {err:.2e}"
