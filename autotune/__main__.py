@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -142,10 +144,11 @@ def cmd_sweep(args) -> int:
     print(tried_summary(args.tries or (), cases, header["arch"]), end="")
     t0 = time.perf_counter()
     try:
-        rows = run_sweep(cases, header=header, path=path, device="cuda", timer=sweep_timer, budget_s=args.budget_s,
-                         options=options, jobs=args.jobs, fresh=args.fresh, force=args.force,
-                         max_candidates=args.max_candidates, dtype=DTYPES[args.dtype],
-                         patience=args.patience or None, seeds=not args.no_seeds, tries=tuple(args.tries or ()))
+        with interrupt_once():
+            rows = run_sweep(cases, header=header, path=path, device="cuda", timer=sweep_timer,
+                             budget_s=args.budget_s, options=options, jobs=args.jobs, fresh=args.fresh, force=args.force,
+                             max_candidates=args.max_candidates, dtype=DTYPES[args.dtype],
+                             patience=args.patience or None, seeds=not args.no_seeds, tries=tuple(args.tries or ()))
     except SweepInterrupted as stop:
         _print_results(stop.rows, t0)
         again = "the same command without --force" if args.force else "the same command"
@@ -154,6 +157,24 @@ def cmd_sweep(args) -> int:
         return 130
     _print_results(rows, t0)
     return 0 if all(r.winner is not None for r in rows) else 1
+
+
+@contextlib.contextmanager
+def interrupt_once():
+    """SIGINT raises KeyboardInterrupt once; later ones are ignored until the block ends, so the sweep can stop its
+    compile pool and report. GNU `timeout -s INT` signals the child and then its whole process group: without this
+    the second SIGINT landed in the pool's shutdown and ended the sweep with a traceback."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def first(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_results(rows, t0: float) -> None:

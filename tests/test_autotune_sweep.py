@@ -160,6 +160,24 @@ def test_an_interrupted_sweep_keeps_the_finished_cases_and_resumes(tmp_path, fak
     assert "2 already tuned" in lines[0] and [r.case for r in rows] == cases[2:]
 
 
+def test_interrupt_once_raises_on_the_first_sigint_and_ignores_the_rest():
+    """GNU `timeout -s INT` signals the sweep and then its process group: the first SIGINT stops the sweep, a second
+    one must not land in the compile pool's shutdown (it did, with a traceback); the handler is restored after."""
+    import os
+    import signal
+    import time
+
+    from autotune.__main__ import interrupt_once
+    before = signal.getsignal(signal.SIGINT)
+    with interrupt_once():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        os.kill(os.getpid(), signal.SIGINT)   # ignored
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_cli_show_and_refusals(tmp_path, fake_kernels, capsys):
     if torch.cuda.is_available():
         pytest.skip("checks the CPU-only behaviour")
