@@ -27,9 +27,10 @@ def floor_words(nbytes: int) -> int:
 
 
 @triton.jit
-def _stream_sum(src_ptr, out_ptr, n_words, full_rounds, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
+def _stream_sum(src_ptr, out_ptr, n_words, full_rounds, BLOCK: tl.constexpr, UNROLL: tl.constexpr,
+                EVICT: tl.constexpr = "evict_first"):
     """Sum n_words int32 words: rounds of UNROLL consecutive blocks per program (no mask; UNROLL loads in
-    flight per iteration), then one masked pass over the tail."""
+    flight per iteration), then one masked pass over the tail. EVICT: the loads' eviction policy ("" for none)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     acc = tl.zeros((BLOCK,), dtype=tl.int32)
@@ -37,21 +38,22 @@ def _stream_sum(src_ptr, out_ptr, n_words, full_rounds, BLOCK: tl.constexpr, UNR
     for r in range(full_rounds):
         base = (r * nprog + pid) * (BLOCK * UNROLL)
         for u in tl.static_range(UNROLL):
-            acc += tl.load(src_ptr + base + u * BLOCK + lanes, eviction_policy="evict_first")
+            acc += tl.load(src_ptr + base + u * BLOCK + lanes, eviction_policy=EVICT)
     tail = full_rounds * nprog * (BLOCK * UNROLL)
     for u in tl.static_range(UNROLL):
         offs = tail + (pid * UNROLL + u) * BLOCK + lanes
-        acc += tl.load(src_ptr + offs, mask=offs < n_words, other=0, eviction_policy="evict_first")
+        acc += tl.load(src_ptr + offs, mask=offs < n_words, other=0, eviction_policy=EVICT)
     tl.store(out_ptr + pid, tl.sum(acc, axis=0))
 
 
-def _launch(src: torch.Tensor, out: torch.Tensor, programs: int, block: int, warps: int, unroll: int = 1) -> None:
+def _launch(src: torch.Tensor, out: torch.Tensor, programs: int, block: int, warps: int, unroll: int = 1,
+            evict: str = "evict_first") -> None:
     n = src.numel()
     if n % WORD_MULTIPLE:
         raise ValueError(f"read floor: {n} words is not a multiple of {WORD_MULTIPLE}; size the buffer with "
                          f"floor_words(nbytes)")
     full_rounds = n // (programs * block * unroll)
-    _stream_sum[(programs,)](src, out, n, full_rounds, BLOCK=block, UNROLL=unroll, num_warps=warps)
+    _stream_sum[(programs,)](src, out, n, full_rounds, BLOCK=block, UNROLL=unroll, EVICT=evict, num_warps=warps)
 
 
 def floor_configs(n_words: int):

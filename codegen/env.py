@@ -28,7 +28,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters["pyrepr"] = repr
     from ir.bitpack import part_place, part_position   # render-time placement shared with the torch twin
-    env.globals.update(part_place=part_place, part_position=part_position, stream_hint=stream_hint)
+    env.globals.update(part_place=part_place, part_position=part_position, stream_hint=stream_hint,
+                       config_error=config_error)
     return env
 
 
@@ -36,6 +37,12 @@ def stream_hint(plan) -> str:
     """Extra tl.load arguments for the loads of a weight stream (the packed codes, read once per call): the
     config's cache policy, or '' at the default (so kernels tuned before the option render unchanged)."""
     return ', eviction_policy="evict_first"' if plan.config.evict_first else ""
+
+
+def config_error(message: str):
+    """Raised from a template when the plan's config asks for something its format's decode cannot do."""
+    from ir import SpecError
+    raise SpecError(message)
 
 
 def render(template: str, **context) -> str:

@@ -421,10 +421,14 @@ class KernelConfig(_Keyed):
     # once, so they should not push other lines out of L2; the H100 read floor went 54.1 -> 49.6 us at 125 MB with
     # it). Optional like maxnreg: left out of to_dict() and of the kernel source while False.
 
-    _OPTIONAL = (("maxnreg", 0), ("evict_first", False))   # (field, default) pairs left out of to_dict() at default
+    reg_prefetch: bool = False  # Triton gemm family, packed int formats: the next K tile's stored words, zeros and
+    # scales are loaded into registers one iteration ahead (no shared-memory ring; use with num_stages 1), as the gemv
+    # family's num_stages >= 2 does. Optional like maxnreg.
+
+    _OPTIONAL = (("maxnreg", 0), ("evict_first", False), ("reg_prefetch", False))   # left out of to_dict() at default
 
     def __post_init__(self):
-        for f in ("swap_ab", "evict_first"):
+        for f in ("swap_ab", "evict_first", "reg_prefetch"):
             if not isinstance(getattr(self, f), bool):
                 _fail("KernelConfig", f, getattr(self, f), "True or False")
         if not isinstance(self.maxnreg, int) or isinstance(self.maxnreg, bool) or not (
@@ -447,23 +451,25 @@ class KernelConfig(_Keyed):
     @classmethod
     def from_label(cls, label: str) -> KernelConfig:
         """The config a `label` names, e.g. m16n64k128s4w4p3t (t: swap_ab) or m1n64k128s8w2p2r128e (r: maxnreg,
-        e: evict_first)."""
-        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(t?)(?:r(\d+))?(e?)", label)
+        e: evict_first, f: reg_prefetch)."""
+        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(t?)(?:r(\d+))?(e?)(f?)", label)
         if not m:
             raise SpecError(f"config label {label!r} is not like m16n64k128s4w4p3 (block_m, block_n, block_k, "
                             f"split_k, num_warps, num_stages; t suffix: swap_ab; r96 suffix: maxnreg 96; "
-                            f"e suffix: evict_first)")
+                            f"e suffix: evict_first; f suffix: reg_prefetch)")
         bm, bn, bk, sk, w, st = (int(v) for v in m.groups()[:6])
         return cls(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st,
-                   swap_ab=bool(m.group(7)), maxnreg=int(m.group(8) or 0), evict_first=bool(m.group(9)))
+                   swap_ab=bool(m.group(7)), maxnreg=int(m.group(8) or 0), evict_first=bool(m.group(9)),
+                   reg_prefetch=bool(m.group(10)))
 
     @property
     def label(self) -> str:
         swap = "t" if self.swap_ab else ""
         reg = f"r{self.maxnreg}" if self.maxnreg else ""
         evict = "e" if self.evict_first else ""
+        pre = "f" if self.reg_prefetch else ""
         return (f"m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}"
-                f"{swap}{reg}{evict}")
+                f"{swap}{reg}{evict}{pre}")
 
 
 __all__ = [

@@ -266,11 +266,22 @@ def test_read_floor_kernel_reads_every_word_once(n_words, programs, block, unrol
     from bench.read_floor import _launch, floor_words
     src = torch.randint(-1000, 1000, (n_words,), dtype=torch.int32)
     out = torch.empty(programs, dtype=torch.int32)
-    _launch(src, out, programs, block, 4, unroll)
-    assert out.sum().item() == src.sum().item()
+    for evict in ("evict_first", ""):   # the floor's hint, and none (bench.flush_probe's comparison)
+        out.zero_()
+        _launch(src, out, programs, block, 4, unroll, evict)
+        assert out.sum().item() == src.sum().item()
     assert floor_words(4 * n_words + 2) == n_words + 16 and floor_words(1) == 16  # rounded up to 16 words
     with pytest.raises(ValueError, match="multiple of 16"):
         _launch(src[:-1], out, programs, block, 4, unroll)
+
+
+def test_flush_probe_needs_a_gpu_and_parses_its_cases(capsys, monkeypatch):
+    from bench import flush_probe
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert flush_probe.main(["--case", "gptq", "4096,4096", "m1n64k128s8w2p2r128e"]) == 2
+    assert "CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        flush_probe.main(["--case", "gptq", "4096,4096"])   # a case is FORMAT N,K LABEL
 
 
 def test_bounds_compiles_the_tuned_kernel_and_names_its_bound(tmp_path, capsys):

@@ -160,3 +160,28 @@ def test_evict_first_hints_the_weight_stream_only_when_asked(name, quantized, ge
         assert hinted.CONFIG.get("evict_first") is True and "evict_first" not in plain.CONFIG
         err = check_kernel(hinted, qt, M, torch.float16, gen, device=DEVICE)
         assert err < REL_TOL[torch.float16], f"{name} {family} evict_first: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("name", ["gptq", "int4_g128_sym", "eqat_w2g128", "int2_g64_asym", "awq", "bnb_nf4"])
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_gemm_register_prefetch(name, split_k, quantized, gen):
+    """reg_prefetch on the gemm family: the next K tile's words, zeros and scales are loaded one iteration ahead
+    (masked off after each split's last tile; split_k=3 leaves slices of unequal length) and the result still
+    matches the reference, with swap_ab too; a format whose gemm decode cannot split is refused by name."""
+    import dataclasses
+    qt, _, gemm = quantized(name)
+    N, K = qt.shape
+    cfg = dataclasses.replace(gemm, block_n=32, block_k=32, split_k=split_k, num_stages=1, reg_prefetch=True)
+    if name in ("awq", "bnb_nf4"):
+        with pytest.raises(ir.SpecError, match=f"reg_prefetch needs the gemm fast decode.*{name} has none"):
+            kernel_module(qt.spec, "gemm", 16, N, K, cfg)
+        return
+    for c in (cfg, dataclasses.replace(cfg, swap_ab=True)):
+        mod = kernel_module(qt.spec, "gemm", 16, N, K, c)
+        src = Path(mod.__file__).read_text()
+        assert "nwords, nzw, ns = decode_tile_nk_load(" in src and "def decode_tile_nk_fast(" not in src
+        for M, dtype in ((16, torch.float16), (33, torch.bfloat16)):
+            err = check_kernel(mod, qt, M, dtype, gen, bias=True, device=DEVICE)
+            assert err < REL_TOL[dtype], f"{name} {c.label} M={M} {dtype}: rel err {err:.2e}"
+    with pytest.raises(ir.SpecError, match="gemm family"):
+        kernel_module(qt.spec, "gemv", 1, N, K, ir.KernelConfig(block_m=1, reg_prefetch=True))
