@@ -1,4 +1,4 @@
-"""Legality and sanity rules for tile configs, applied BEFORE anything is rendered or compiled.
+"""Legality and sanity rules for tile configs, applied BEFORE anything is compiled.
 
 `reject_reason(spec, arch, family, M, N, K, config)` returns None for a config worth compiling, or a
 one-line reason. The rules, in order:
@@ -6,6 +6,8 @@ one-line reason. The rules, in order:
 1. family contract: the gemv template takes block_m <= 4 rows (no tensor cores); the gemm template
    feeds tl.dot, which needs block_m, block_n, block_k >= 16 (codegen.plan.lower refuses the same);
    swap_ab (decoded weights as the MMA's A operand) exists only in gemm for weight-only formats.
+   reg_prefetch (the gemm register prefetch) only where the templates can split the decode into loads and
+   math: this one rule renders the kernel (configs that ask for it only) rather than restate their condition.
 2. split-K: split_k * block_k <= K (lower refuses the same), and no split-K program may be left with
    an empty K range (the host gives each program cdiv(K, split_k * block_k) slices).
 3. tile vs problem: a tile no larger than the next power of two of the dimension it covers (a
@@ -39,7 +41,7 @@ import functools
 import math
 
 from codegen.arch import Arch, word_atom_k
-from ir import FormatSpec, KernelConfig
+from ir import FormatSpec, KernelConfig, SpecError
 
 __all__ = ["k_groups", "live_values_per_thread", "prune", "reject_reason", "smem_bytes", "word_atom_k"]
 
@@ -102,6 +104,10 @@ def reject_reason(spec: FormatSpec, arch: Arch, family: str, M: int, N: int, K: 
         return "family: gemm (tl.dot) needs block_m, block_n, block_k >= 16"
     if c.swap_ab and (family != "gemm" or spec.act_quant is not None):
         return "family: swap_ab applies to the gemm family of weight-only formats"
+    if c.reg_prefetch:
+        why = _prefetch_refusal(spec, arch.name, family, M, N, K, c)
+        if why:
+            return f"decode: {why}"
     if c.split_k > 1:
         if c.split_k * c.block_k > K:
             return f"split-K: split_k {c.split_k} x block_k {c.block_k} > K {K}"
@@ -131,6 +137,20 @@ def reject_reason(spec: FormatSpec, arch: Arch, family: str, M: int, N: int, K: 
     if c.maxnreg and c.maxnreg < MAXNREG_MIN_SHARE * regs:
         return (f"register cap: maxnreg {c.maxnreg} < {MAXNREG_MIN_SHARE:g} x the {regs} live values per thread "
                 f"(ptxas would spill in the K loop)")
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefetch_refusal(spec: FormatSpec, arch: str, family: str, M: int, N: int, K: int,
+                      c: KernelConfig) -> str | None:
+    """Why the templates refuse reg_prefetch here (they decide which decodes can split into loads and math; the
+    rule is not restated), or None. A render, only for configs that ask for it."""
+    from codegen.plan import lower
+    from codegen.triton_backend import render_triton
+    try:
+        render_triton(lower(spec, M, N, K, c, arch, family=family))
+    except SpecError as e:
+        return str(e)
     return None
 
 

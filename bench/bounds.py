@@ -60,10 +60,14 @@ def floor_us(nbytes: float, pts: list[tuple[float, float]]) -> float:
 PREFETCH_MARK = "# register prefetch"
 
 
-def _measured(results: dict, name: str, N: int, K: int, M: int) -> tuple[float, int] | None:
+def _measured(results: dict, name: str, N: int, K: int, M: int) -> tuple[float, int, float | None] | None:
+    """(us, bytes, same-run floor us) of the bench case; the floor only when the current floor kernel measured it
+    (bench.report.floor_mark: older floors were too slow)."""
+    from .report import floor_mark
     for c in results.get("cases", []):
         if c["name"] == name and c["N"] == N and c["K"] == K and c["M"] == M and c.get("us") and c["status"] == "ok":
-            return float(c["us"]), int(c["bytes"])
+            floor = c.get("floor_us") if not floor_mark(c) else None
+            return float(c["us"]), int(c["bytes"]), float(floor) if floor else None
     return None
 
 
@@ -74,11 +78,11 @@ def bound_row(spec, N: int, K: int, entry: dict, measured: tuple[float, int] | N
     loop = rep.main_loop
     ipw = sum(loop.values()) / rep.weights_per_thread if loop and rep.weights_per_thread else float("nan")
     prefetch = PREFETCH_MARK in render_triton(lower(spec, M, N, K, cfg, args.arch))
-    us, nbytes = measured if measured else (float(entry["us"]), None)
+    us, nbytes, run_floor = measured if measured else (float(entry["us"]), None, None)
     if nbytes is None:  # stored bytes at the format's bits per weight + fp16 x and y
         nbytes = int(N * K * spec.bits_per_weight(N, K) / 8) + 2 * M * (N + K)
     bpw_bytes = nbytes / (N * K)
-    mem_us = floor_us(nbytes, args.floor_points)
+    mem_us = run_floor or floor_us(nbytes, args.floor_points)
     issue_us = N * K * ipw / 32 / (args.sms * 4 * args.clock_ghz * 1e3)
     # tiles one program has requested ahead: the gemv's register prefetch carries one more, the gemm's cp.async
     # pipeline num_stages - 1
@@ -90,6 +94,7 @@ def bound_row(spec, N: int, K: int, entry: dict, measured: tuple[float, int] | N
     bound, t = ("memory", mem_us) if mem_us >= issue_us else ("issue", issue_us)
     return {"format": spec.name, "N": N, "K": K, "M": M, "config": cfg.label, "us": us,
             "us_source": "bench" if measured else "database", "db_us": float(entry["us"]), "bytes": nbytes, "memory_us": mem_us,
+            "memory_source": "run" if run_floor else "points",
             "issue_us": issue_us, "instr_per_weight": ipw, "registers": rep.registers, "spills": rep.spills,
             "warps_per_sm": rep.occupancy_warps, "prefetch": prefetch, "flight_kb": flight / 1024,
             "need_kb": need / 1024, "bound": bound, "of_bound": t / us}
@@ -109,7 +114,8 @@ def _verdict(r: dict) -> str:
 
 
 def table(rows: list[dict], args) -> str:
-    out = [f"M={args.batch} bounds: memory = read floor through {args.floor} (bytes:us), issue at {args.clock_ghz} GHz x {args.sms} SMs x 4, "
+    out = [f"M={args.batch} bounds: memory = the bench case's same-run read floor (run) where the current floor kernel "
+           f"measured it, else the read floor through {args.floor} (bytes:us) (points), issue at {args.clock_ghz} GHz x {args.sms} SMs x 4, "
            f"Little's law at {args.latency_ns:.0f} ns wants {rows[0]['need_kb']:.1f} KB in flight per SM" if rows else "",
            "",
            "| format | N x K | config | us | sweep us | memory us | issue us | instr/weight | regs | warps/SM | in flight KB/SM "
@@ -117,7 +123,7 @@ def table(rows: list[dict], args) -> str:
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         out.append(f"| {r['format']} | {r['N']}x{r['K']} | {r['config']} | {r['us']:.1f} ({r['us_source']}) "
-                   f"| {r['db_us']:.1f} | {r['memory_us']:.1f} | {r['issue_us']:.1f} | {r['instr_per_weight']:.2f} | {r['registers']} "
+                   f"| {r['db_us']:.1f} | {r['memory_us']:.1f} ({r.get('memory_source', 'points')}) | {r['issue_us']:.1f} | {r['instr_per_weight']:.2f} | {r['registers']} "
                    f"| {r['warps_per_sm']} | {r['flight_kb']:.1f}{' (prefetch)' if r['prefetch'] else ''} "
                    f"| {_verdict(r)} |")
     return "\n".join(out)

@@ -175,3 +175,18 @@ def test_search_proposes_the_coupled_pair():
     assert pairs and all(c.maxnreg >= 0.75 * 128 for c in pairs)   # the spill guard prunes the pairs too
     single = [c for c in ring if c not in pairs]
     assert ring.index(pairs[0]) > ring.index(single[0])   # one-axis steps of the same distance come first
+
+
+def test_reg_prefetch_is_pruned_where_the_templates_refuse_it():
+    """reg_prefetch is kept only where the gemm decode can split into loads and math (the templates decide; prune
+    asks them): gptq with block_k inside a group yes; block_k 256 over 128-groups, awq, bnb, and gemv no."""
+    from ir import KernelConfig
+    gptq, awq, bnb = (ir.get_format(n) for n in ("gptq", "awq", "bnb_nf4"))
+    ok = KernelConfig(block_m=16, block_n=64, block_k=128, split_k=4, num_stages=1, swap_ab=True, reg_prefetch=True)
+    assert reject_reason(gptq, SM90, "gemm", 16, 8192, 28672, ok) is None
+    wide = KernelConfig(block_m=16, block_n=64, block_k=256, num_stages=1, reg_prefetch=True)
+    assert "reg_prefetch needs the gemm fast decode" in reject_reason(gptq, SM90, "gemm", 16, 8192, 28672, wide)
+    for spec in (awq, bnb):
+        assert reject_reason(spec, SM90, "gemm", 16, 8192, 28672, ok).startswith("decode: ")
+    gemv = KernelConfig(block_m=1, block_n=64, block_k=128, reg_prefetch=True)
+    assert "gemm family" in reject_reason(gptq, SM90, "gemv", 1, 8192, 28672, gemv)
