@@ -381,36 +381,28 @@ def _sweep_cases(todo: list[Case], pool, *, header, path, device, timer, budget_
                  max_candidates, dtype, patience, known, out, tries=()) -> list[CaseResult]:
     """`known`: entries to seed from (None: no seeds), grown with every winner of this sweep. An interrupt
     raises SweepInterrupted with the finished cases (each winner is already written when its case ends)."""
-    rows: list[CaseResult] = []
+    arch = header["arch"]
+    rows, refs, started, replace_file = [], {}, time.perf_counter(), fresh
     try:
-        return _sweep_loop(todo, pool, rows, header=header, path=path, device=device, timer=timer,
-                           budget_s=budget_s, options=options, jobs=jobs, fresh=fresh, max_candidates=max_candidates,
-                           dtype=dtype, patience=patience, known=known, out=out, tries=tries)
+        for i, c in enumerate(todo, 1):
+            rk = (c.spec.key, c.N, c.K)
+            if rk not in refs:
+                refs.clear()  # one problem's weights at a time on the device
+                t = time.perf_counter()
+                refs[rk] = Reference.build(c.spec, c.fmt_arg, c.N, c.K, device, seed=c.N + c.K)
+                out(f"  prepared {c.fmt_arg} {c.N}x{c.K} (synthetic weights, reference decode) in "
+                    f"{time.perf_counter() - t:.1f} s")
+            res = tune_case(c, refs[rk], arch=arch, budget_s=budget_s, timer=timer, dtype=dtype, jobs=jobs,
+                            max_candidates=max_candidates, pool=pool, seeds=tries, known=known, patience=patience)
+            rows.append(res)
+            if res.winner is not None:
+                key = entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket)
+                entry = entry_for(res, header, options.get(c.fmt_arg, {}))
+                merge_entries(path, header, {key: entry}, fresh=replace_file)
+                replace_file = False
+                if known is not None:
+                    known[key] = entry
+            out(progress_line(i, len(todo), res, started))
     except KeyboardInterrupt:
         raise SweepInterrupted(rows, len(todo)) from None
-
-
-def _sweep_loop(todo, pool, rows, *, header, path, device, timer, budget_s, options, jobs, fresh, max_candidates,
-                dtype, patience, known, out, tries) -> list[CaseResult]:
-    arch = header["arch"]
-    refs, started, replace_file = {}, time.perf_counter(), fresh
-    for i, c in enumerate(todo, 1):
-        rk = (c.spec.key, c.N, c.K)
-        if rk not in refs:
-            refs.clear()  # one problem's weights at a time on the device
-            t = time.perf_counter()
-            refs[rk] = Reference.build(c.spec, c.fmt_arg, c.N, c.K, device, seed=c.N + c.K)
-            out(f"  prepared {c.fmt_arg} {c.N}x{c.K} (synthetic weights, reference decode) in "
-                f"{time.perf_counter() - t:.1f} s")
-        res = tune_case(c, refs[rk], arch=arch, budget_s=budget_s, timer=timer, dtype=dtype, jobs=jobs,
-                        max_candidates=max_candidates, pool=pool, seeds=tries, known=known, patience=patience)
-        rows.append(res)
-        if res.winner is not None:
-            key = entry_key(c.spec.key, c.backend, c.N, c.K, c.bucket)
-            entry = entry_for(res, header, options.get(c.fmt_arg, {}))
-            merge_entries(path, header, {key: entry}, fresh=replace_file)
-            replace_file = False
-            if known is not None:
-                known[key] = entry
-        out(progress_line(i, len(todo), res, started))
     return rows

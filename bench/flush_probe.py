@@ -62,14 +62,12 @@ def main(argv=None) -> int:
     from runtime.kernels import get_kernel
 
     from .probe import gpu_weights
-    from .read_floor import _launch, floor_words, read_floor_us
+    from .read_floor import floor_call, floor_words, read_floor_us
     print("| kernel | do_bench us | clean L2 us | dirty L2 us |\n| --- | --- | --- | --- |")
     _, cfg = read_floor_us(args.bytes)
     src = torch.randint(-2 ** 31, 2 ** 31 - 1, (floor_words(args.bytes),), dtype=torch.int32, device="cuda")
-    out = torch.empty(cfg["programs"], dtype=torch.int32, device="cuda")
     for evict in ("evict_first", ""):
-        print(_row(f"read floor {args.bytes / 1e6:.1f} MB, {evict or 'no hint'}",
-                   lambda: _launch(src, out, cfg["programs"], cfg["block"], cfg["num_warps"], cfg["unroll"], evict)),
+        print(_row(f"read floor {args.bytes / 1e6:.1f} MB, {evict or 'no hint'}", floor_call(src, cfg, evict)),
               flush=True)
     arch = arch_of_capability(*torch.cuda.get_device_capability())
     for fmt, shape, label in args.case or DEFAULT_CASES:

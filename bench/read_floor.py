@@ -56,6 +56,13 @@ def _launch(src: torch.Tensor, out: torch.Tensor, programs: int, block: int, war
     _stream_sum[(programs,)](src, out, n, full_rounds, BLOCK=block, UNROLL=unroll, EVICT=evict, num_warps=warps)
 
 
+def floor_call(src: torch.Tensor, cfg: dict, evict: str = "evict_first"):
+    """A no-argument call of the floor kernel over `src` with one of floor_configs' configs (the per-program output
+    is allocated here), for the timers."""
+    out = torch.empty(cfg["programs"], dtype=torch.int32, device=src.device)
+    return lambda: _launch(src, out, cfg["programs"], cfg["block"], cfg["num_warps"], cfg["unroll"], evict)
+
+
 def floor_configs(n_words: int):
     """The swept configs: a persistent grid of 4, 8 or 16 programs per SM, block, warps and loads in flight."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -77,9 +84,7 @@ def read_floor_us(nbytes: int) -> tuple[float, dict]:
     src = torch.randint(-2 ** 31, 2 ** 31 - 1, (n_words,), dtype=torch.int32, device="cuda")
     best = (float("inf"), {})
     for cfg in floor_configs(n_words):
-        out = torch.empty(cfg["programs"], dtype=torch.int32, device="cuda")
-        t = time_us(lambda: _launch(src, out, cfg["programs"], cfg["block"], cfg["num_warps"], cfg["unroll"]),
-                    rep_ms=50)
+        t = time_us(floor_call(src, cfg), rep_ms=50)
         if t < best[0]:
             best = (t, cfg)
     return best

@@ -214,7 +214,7 @@ class ReadFloor:
         if not self.cuda:
             return None, None
         if nbytes not in self.cache:
-            from .read_floor import _launch, floor_words
+            from .read_floor import floor_call, floor_words
             from .timing import time_us
             lg = math.log(nbytes, 4)
             anchors = sorted({4 ** max(10, math.floor(lg)), 4 ** max(10, math.ceil(lg))})
@@ -227,9 +227,7 @@ class ReadFloor:
             cfgs = [self._anchor(a) for a in anchors]
             best = (float("inf"), {})
             for cfg in [c for i, c in enumerate(cfgs) if c not in cfgs[:i]]:   # both anchors may pick one config
-                out = torch.empty(cfg["programs"], dtype=torch.int32, device="cuda")
-                t = time_us(lambda: _launch(src, out, cfg["programs"], cfg["block"], cfg["num_warps"],
-                                            cfg["unroll"]), rep_ms=self.rep_ms)
+                t = time_us(floor_call(src, cfg), rep_ms=self.rep_ms)
                 best = min(best, (t, cfg), key=lambda b: b[0])
             self.cache[nbytes] = best
         return self.cache[nbytes]

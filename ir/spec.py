@@ -418,8 +418,9 @@ class KernelConfig(_Keyed):
     # (hence of the content key, the generated CONFIG and the kernel source) while it holds its default, so
     # configs, keys and tuned kernels that predate it stay equal.
     evict_first: bool = False   # Triton backend: the weight stream's loads carry eviction_policy="evict_first" (read
-    # once, so they should not push other lines out of L2; the H100 read floor went 54.1 -> 49.6 us at 125 MB with
-    # it). Optional like maxnreg: left out of to_dict() and of the kernel source while False.
+    # once). Under do_bench's L2 flush (dirty lines) it spares their write-back: H100 read floor 54.1 -> 49.6 us at
+    # 125 MB, equal with a clean L2 (bench.flush_probe). Optional like maxnreg: left out of to_dict() and of the
+    # kernel source while False.
 
     reg_prefetch: bool = False  # Triton gemm family, packed int formats: the next K tile's stored words, zeros and
     # scales are loaded into registers one iteration ahead (no shared-memory ring; use with num_stages 1), as the gemv
