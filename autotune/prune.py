@@ -104,8 +104,8 @@ def reject_reason(spec: FormatSpec, arch: Arch, family: str, M: int, N: int, K: 
         return "family: gemm (tl.dot) needs block_m, block_n, block_k >= 16"
     if c.swap_ab and (family != "gemm" or spec.act_quant is not None):
         return "family: swap_ab applies to the gemm family of weight-only formats"
-    if c.reg_prefetch:
-        why = _prefetch_refusal(spec, arch.name, family, M, N, K, c)
+    if c.reg_prefetch or c.half_dot:
+        why = _render_refusal(spec, arch.name, family, M, N, K, c)
         if why:
             return f"decode: {why}"
     if c.split_k > 1:
@@ -141,10 +141,10 @@ def reject_reason(spec: FormatSpec, arch: Arch, family: str, M: int, N: int, K: 
 
 
 @functools.lru_cache(maxsize=4096)
-def _prefetch_refusal(spec: FormatSpec, arch: str, family: str, M: int, N: int, K: int,
-                      c: KernelConfig) -> str | None:
-    """Why the templates refuse reg_prefetch here (they decide which decodes can split into loads and math; the
-    rule is not restated), or None. A render, only for configs that ask for it."""
+def _render_refusal(spec: FormatSpec, arch: str, family: str, M: int, N: int, K: int,
+                    c: KernelConfig) -> str | None:
+    """Why the templates refuse an opt-in decode variant here (reg_prefetch, half_dot: they decide which decodes
+    support it; the rule is not restated), or None. A render, only for configs that ask for one."""
     from codegen.plan import lower
     from codegen.triton_backend import render_triton
     try:

@@ -427,10 +427,16 @@ class KernelConfig(_Keyed):
     # family's num_stages >= 2 does, with x's tile. Optional like maxnreg; not in the search space: the H100 timed the
     # version without x's prefetch at 118 us against the tuned 83 us (int4 8192x28672 M=16).
 
-    _OPTIONAL = (("maxnreg", 0), ("evict_first", False), ("reg_prefetch", False))   # left out of to_dict() at default
+    half_dot: bool = False  # Triton gemv family, table formats (bitsandbytes NF4 / FP4) at block_m 1 and fp16 x: each
+    # word's 8 products are taken two per instruction in fp16 (HMUL2 / HFMA2 on the table's fp16 pairs and x scaled by
+    # a power of two that keeps a word's sums finite), then summed in fp32: 8 cvt + 8 FFMA per word become 4 + 3.
+    # Optional like maxnreg; not in the search space until timed.
+
+    _OPTIONAL = (("maxnreg", 0), ("evict_first", False), ("reg_prefetch", False), ("half_dot", False))
+    # (left out of to_dict() at default)
 
     def __post_init__(self):
-        for f in ("swap_ab", "evict_first", "reg_prefetch"):
+        for f in ("swap_ab", "evict_first", "reg_prefetch", "half_dot"):
             if not isinstance(getattr(self, f), bool):
                 _fail("KernelConfig", f, getattr(self, f), "True or False")
         if not isinstance(self.maxnreg, int) or isinstance(self.maxnreg, bool) or not (
@@ -453,16 +459,16 @@ class KernelConfig(_Keyed):
     @classmethod
     def from_label(cls, label: str) -> KernelConfig:
         """The config a `label` names, e.g. m16n64k128s4w4p3t (t: swap_ab) or m1n64k128s8w2p2r128e (r: maxnreg,
-        e: evict_first, f: reg_prefetch)."""
-        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(t?)(?:r(\d+))?(e?)(f?)", label)
+        e: evict_first, f: reg_prefetch, h: half_dot)."""
+        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)s(\d+)w(\d+)p(\d+)(t?)(?:r(\d+))?(e?)(f?)(h?)", label)
         if not m:
             raise SpecError(f"config label {label!r} is not like m16n64k128s4w4p3 (block_m, block_n, block_k, "
                             f"split_k, num_warps, num_stages; t suffix: swap_ab; r96 suffix: maxnreg 96; "
-                            f"e suffix: evict_first; f suffix: reg_prefetch)")
+                            f"e suffix: evict_first; f suffix: reg_prefetch; h suffix: half_dot)")
         bm, bn, bk, sk, w, st = (int(v) for v in m.groups()[:6])
         return cls(block_m=bm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st,
                    swap_ab=bool(m.group(7)), maxnreg=int(m.group(8) or 0), evict_first=bool(m.group(9)),
-                   reg_prefetch=bool(m.group(10)))
+                   reg_prefetch=bool(m.group(10)), half_dot=bool(m.group(11)))
 
     @property
     def label(self) -> str:
@@ -470,8 +476,9 @@ class KernelConfig(_Keyed):
         reg = f"r{self.maxnreg}" if self.maxnreg else ""
         evict = "e" if self.evict_first else ""
         pre = "f" if self.reg_prefetch else ""
+        half = "h" if self.half_dot else ""
         return (f"m{self.block_m}n{self.block_n}k{self.block_k}s{self.split_k}w{self.num_warps}p{self.num_stages}"
-                f"{swap}{reg}{evict}{pre}")
+                f"{swap}{reg}{evict}{pre}{half}")
 
 
 __all__ = [

@@ -185,3 +185,49 @@ def test_gemm_register_prefetch(name, split_k, quantized, gen):
             assert err < REL_TOL[dtype], f"{name} {c.label} M={M} {dtype}: rel err {err:.2e}"
     with pytest.raises(ir.SpecError, match="gemm family"):
         kernel_module(qt.spec, "gemv", 1, N, K, ir.KernelConfig(block_m=1, reg_prefetch=True))
+
+
+@pytest.mark.parametrize("name", ["bnb_nf4", "bnb_fp4"])
+@pytest.mark.parametrize("num_stages,split_k", [(1, 1), (2, 3)])
+def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
+    """half_dot on the M=1 table path: each word's products two per instruction in fp16 against the table scaled by
+    1 / PART_DOT_SCALE, with and without the register prefetch (num_stages 2), split-K slices of unequal length, fp16
+    and bf16 x (bf16: exact fp32 products), outlier activations up to fp16's largest value (the scale keeps every fp16
+    sum finite), and x at an odd element offset (read as int32 pairs after a copy)."""
+    import dataclasses
+    qt, _, _ = quantized(name)
+    N, K = qt.shape
+    cfg = ir.KernelConfig(block_m=1, block_n=32, block_k=32, split_k=split_k, num_warps=4, num_stages=num_stages,
+                          half_dot=True)
+    mod = kernel_module(qt.spec, "gemv", 1, N, K, cfg)
+    src = Path(mod.__file__).read_text()
+    assert "t = part_dot(q, xp0[:, None]" in src and cfg.label.endswith("h") and mod.CONFIG["half_dot"] is True
+    assert "half_dot" not in kernel_module(qt.spec, "gemv", 1, N, K, dataclasses.replace(cfg, half_dot=False)).CONFIG
+    for dtype in (torch.float16, torch.bfloat16):
+        err = check_kernel(mod, qt, 1, dtype, gen, bias=True, device=DEVICE)
+        assert err < REL_TOL[dtype], f"{name} {dtype}: rel err {err:.2e}"
+    x = (torch.randn(1, K, generator=gen) * torch.exp(2.0 * torch.randn(1, K, generator=gen))).clamp(-3e4, 3e4)
+    x[0, :16] = 65504.0  # two words of the largest fp16 activations
+    err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=x)
+    assert err < REL_TOL[torch.float16], f"{name} outliers: rel err {err:.2e}"
+    xo = torch.randn(1, K + 1, generator=gen).to(torch.float16)[:, 1:]   # data_ptr % 4 == 2
+    err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=xo)
+    assert err < REL_TOL[torch.float16], f"{name} odd offset: rel err {err:.2e}"
+
+
+def test_half_dot_is_refused_where_no_decode_has_it(quantized):
+    """half_dot needs a decode with fp16 pair products (bnb's part_dot at block_m 1): other formats and families are
+    refused by name, and the tuner's pruning says the same."""
+    from autotune.prune import reject_reason
+    from codegen.arch import get_arch
+    qt, _, _ = quantized("gptq")
+    N, K = qt.shape
+    cfg = ir.KernelConfig(block_m=1, block_n=32, block_k=32, half_dot=True)
+    with pytest.raises(ir.SpecError, match="half_dot needs a decode with fp16 pair products.*gptq has none"):
+        kernel_module(qt.spec, "gemv", 1, N, K, cfg)
+    with pytest.raises(ir.SpecError, match="half_dot applies to the gemv family at block_m 1"):
+        kernel_module(qt.spec, "gemm", 16, N, K, ir.KernelConfig(block_m=16, half_dot=True))
+    assert "half_dot needs" in reject_reason(qt.spec, get_arch("sm90"), "gemv", 1, 8192, 8192, cfg)
+    nf4, _, _ = quantized("bnb_nf4")
+    assert reject_reason(nf4.spec, get_arch("sm90"), "gemv", 1, 8192, 8192,
+                         ir.KernelConfig(block_m=1, block_n=64, block_k=64, split_k=4, half_dot=True)) is None
