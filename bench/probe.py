@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--batches", nargs="+", type=int, default=[1])
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--configs", nargs="+", type=KernelConfig.from_label,
-                   help="config labels to time instead of the grid (m16n64k128s4w4p3t: t swap_ab, r96 maxnreg, e evict_first, f reg_prefetch)")
+                   help="config labels to time instead of the grid (m16n64k128s4w4p3t: t swap_ab, r96 maxnreg, e evict_first, f reg_prefetch, h half_dot)")
     p.add_argument("--from-db", action="store_true", help="also time the database's config for each case")
     p.add_argument("--evict", action="store_true",
                    help="also time each candidate with evict_first (label suffix e): the weight stream's loads hinted")
