@@ -201,7 +201,7 @@ def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
                           half_dot=True)
     mod = kernel_module(qt.spec, "gemv", 1, N, K, cfg)
     src = Path(mod.__file__).read_text()
-    assert "t = part_dot(q, xp0[:, None]" in src and cfg.label.endswith("h") and mod.CONFIG["half_dot"] is True
+    assert "t = part_dot(q, z, " in src and cfg.label.endswith("h") and mod.CONFIG["half_dot"] is True
     assert "half_dot" not in kernel_module(qt.spec, "gemv", 1, N, K, dataclasses.replace(cfg, half_dot=False)).CONFIG
     for dtype in (torch.float16, torch.bfloat16):
         err = check_kernel(mod, qt, 1, dtype, gen, bias=True, device=DEVICE)
