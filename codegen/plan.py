@@ -130,7 +130,7 @@ def lower(spec: FormatSpec, M: int, N: int, K: int, config: KernelConfig, arch: 
                         f"(the gemv family prefetches with num_stages >= 2)")
     if config.half_dot and (family != "gemv" or config.block_m != 1 or spec.act_quant is not None):
         raise SpecError(f"config {config.label}: half_dot applies to the gemv family at block_m 1 (weight-only "
-                        f"table formats: bnb_nf4, bnb_fp4)")
+                        f"formats with fp16 pair products: bnb NF4 / FP4, 2- and 4-bit packed ints)")
     if config.split_k > 1 and K < config.split_k * config.block_k:
         raise SpecError(f"config {config.label}: split_k={config.split_k} x block_k={config.block_k} exceeds K={K}")
     tr_in = tuple(t.to_dict() for t in spec.transforms if t.side == "input" and t.placement == "online")

@@ -427,10 +427,10 @@ class KernelConfig(_Keyed):
     # family's num_stages >= 2 does, with x's tile. Optional like maxnreg; not in the search space: the H100 timed the
     # version without x's prefetch at 118 us against the tuned 83 us (int4 8192x28672 M=16).
 
-    half_dot: bool = False  # Triton gemv family, table formats (bitsandbytes NF4 / FP4) at block_m 1 and fp16 x: each
-    # word's 8 products are taken two per instruction in fp16 (HMUL2 / HFMA2 on the table's fp16 pairs and x scaled by
-    # a power of two that keeps a word's sums finite), then summed in fp32: 8 cvt + 8 FFMA per word become 4 + 3.
-    # Optional like maxnreg; not in the search space until timed.
+    half_dot: bool = False  # Triton gemv family at block_m 1 with fp16 x (bitsandbytes NF4 / FP4; 2- and 4-bit ints
+    # packed along K): each word's products are taken two per instruction in fp16 (HFMA2 on fp16 pairs of the decoded
+    # weights, scaled by a power of two that keeps every fp16 sum finite for any x), the two lanes summed in fp32;
+    # bf16 x keeps fp32 products. Optional like maxnreg; not in the search space until timed on a GPU.
 
     _OPTIONAL = (("maxnreg", 0), ("evict_first", False), ("reg_prefetch", False), ("half_dot", False))
     # (left out of to_dict() at default)

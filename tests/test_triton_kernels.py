@@ -187,11 +187,11 @@ def test_gemm_register_prefetch(name, split_k, quantized, gen):
         kernel_module(qt.spec, "gemv", 1, N, K, ir.KernelConfig(block_m=1, reg_prefetch=True))
 
 
-@pytest.mark.parametrize("name", ["bnb_nf4", "bnb_fp4"])
+@pytest.mark.parametrize("name", ["bnb_nf4", "bnb_fp4", "gptq", "int4_g128_sym", "eqat_w2g128", "int2_g64_asym"])
 @pytest.mark.parametrize("num_stages,split_k", [(1, 1), (2, 3)])
 def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
-    """half_dot on the M=1 table path: each word's products two per instruction in fp16 against the table scaled by
-    1 / PART_DOT_SCALE, with and without the register prefetch (num_stages 2), split-K slices of unequal length, fp16
+    """half_dot on the M=1 paths (bnb's table, packed 2- and 4-bit ints with zero points): each word's products two per
+    instruction in fp16, scaled by 1 / PART_DOT_SCALE, with and without the register prefetch (num_stages 2), split-K slices of unequal length, fp16
     and bf16 x (bf16: exact fp32 products), outlier activations up to fp16's largest value (the scale keeps every fp16
     sum finite), and x at an odd element offset (read as int32 pairs after a copy)."""
     import dataclasses
@@ -216,18 +216,20 @@ def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
 
 
 def test_half_dot_is_refused_where_no_decode_has_it(quantized):
-    """half_dot needs a decode with fp16 pair products (bnb's part_dot at block_m 1): other formats and families are
-    refused by name, and the tuner's pruning says the same."""
+    """half_dot needs a decode with fp16 pair products (part_dot at block_m 1: bnb, 2- and 4-bit packed ints): other
+    formats (3-bit fields, AWQ's N-packed words) and families are refused by name, and the tuner's pruning agrees."""
     from autotune.prune import reject_reason
     from codegen.arch import get_arch
-    qt, _, _ = quantized("gptq")
+    qt, _, _ = quantized("awq")
     N, K = qt.shape
     cfg = ir.KernelConfig(block_m=1, block_n=32, block_k=32, half_dot=True)
-    with pytest.raises(ir.SpecError, match="half_dot needs a decode with fp16 pair products.*gptq has none"):
+    with pytest.raises(ir.SpecError, match="half_dot needs a decode with fp16 pair products.*awq has none"):
         kernel_module(qt.spec, "gemv", 1, N, K, cfg)
     with pytest.raises(ir.SpecError, match="half_dot applies to the gemv family at block_m 1"):
         kernel_module(qt.spec, "gemm", 16, N, K, ir.KernelConfig(block_m=16, half_dot=True))
     assert "half_dot needs" in reject_reason(qt.spec, get_arch("sm90"), "gemv", 1, 8192, 8192, cfg)
+    assert "half_dot needs" in reject_reason(quantized("int3_g128_asym")[0].spec, get_arch("sm90"), "gemv", 1, 8192,
+                                             8192, cfg)
     nf4, _, _ = quantized("bnb_nf4")
     assert reject_reason(nf4.spec, get_arch("sm90"), "gemv", 1, 8192, 8192,
                          ir.KernelConfig(block_m=1, block_n=64, block_k=64, split_k=4, half_dot=True)) is None
