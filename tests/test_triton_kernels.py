@@ -193,7 +193,7 @@ def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
     """half_dot on the M=1 paths (bnb's table, packed 2- and 4-bit ints with zero points): each word's products two per
     instruction in fp16, scaled by 1 / PART_DOT_SCALE, with and without the register prefetch (num_stages 2), split-K slices of unequal length, fp16
     and bf16 x (bf16: exact fp32 products), outlier activations up to fp16's largest value (the scale keeps every fp16
-    sum finite), and x at an odd element offset (read as int32 pairs after a copy)."""
+    sum finite), x at an odd element offset (read as int32 pairs after a copy) and three rows of x."""
     import dataclasses
     qt, _, _ = quantized(name)
     N, K = qt.shape
@@ -213,6 +213,8 @@ def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
     xo = torch.randn(1, K + 1, generator=gen).to(torch.float16)[:, 1:]   # data_ptr % 4 == 2
     err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=xo)
     assert err < REL_TOL[torch.float16], f"{name} odd offset: rel err {err:.2e}"
+    err = check_kernel(mod, qt, 3, torch.float16, gen, device=DEVICE)   # rows of x one program row each
+    assert err < REL_TOL[torch.float16], f"{name} M=3: rel err {err:.2e}"
 
 
 def test_half_dot_is_refused_where_no_decode_has_it(quantized):
