@@ -97,7 +97,8 @@ def test_search_walks_axis_lines_from_the_default():
     s.mark([d])
     first = s.lines(d)
     assert first and d not in first
-    fields = ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages", "swap_ab", "maxnreg", "evict_first")
+    fields = ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages", "swap_ab", "maxnreg", "evict_first",
+              "half_dot")
     for c in first:
         changed = {f for f in fields if getattr(c, f) != getattr(d, f)}
         assert len(changed) == 1 or changed == {"num_stages", "maxnreg"}   # one axis, or the coupled pair
