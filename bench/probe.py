@@ -23,6 +23,7 @@ from ir.synthetic import synthetic_quantized
 from runtime.kernels import get_kernel
 
 from .read_floor import read_floor_us
+from .run import reference
 from .timing import time_us
 
 
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         t, W, stored = gpu_weights(spec, N, K)
         for M in args.batches:
             x = torch.randn(M, K, device="cuda").half()
-            ref = x.float() @ W.float().T
+            ref = reference(spec, t, W.double(), x).float()   # activation quantization modelled where present
             out = torch.empty(M, N, device="cuda", dtype=torch.float16)
             nbytes = stored + 2 * M * (N + K)
             floor, _ = read_floor_us(nbytes)

@@ -331,3 +331,52 @@ def test_report_marks_floors_of_the_old_kernel():
     assert all(note in md for note in breport.FLOOR_NOTES.values())
     md_new = breport.render_markdown(_doc("GPU X", [new]))
     assert "†" not in md_new and "‡" not in md_new
+
+
+NCU_RAW = '''==PROF== Connected to process 123
+"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","gpu__time_duration.sum","dram__bytes_read.sum","gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed","smsp__issue_active.avg.pct_of_peak_sustained_active","sm__inst_executed_pipe_alu.avg.pct_of_peak_sustained_active","sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active","sm__warps_active.avg.pct_of_peak_sustained_active","sm__maximum_warps_per_active_cycle_pct","launch__registers_per_thread","launch__grid_size","smsp__average_warp_latency_issue_stalled_long_scoreboard.ratio","smsp__average_warp_latency_issue_stalled_wait.ratio","smsp__average_warp_latency_issue_stalled_long_scoreboard_not_issued.ratio"
+"","","","","","","","nsecond","byte","%","%","%","%","%","%","register/thread","","","",""
+"0","123","python3","host","{name}","1","7","{ns}","{bytes}","{dram}","{issue}","{alu}","31.5","40.2","50","128","1,056","{ls}","1.5","9.0"
+'''
+
+
+@pytest.mark.parametrize("dram, issue, alu, ls, want", [
+    ("88.1", "40", "35", "6.0", "memory"),
+    ("60.0", "70", "84.5", "6.0", "issue (alu pipe 84%)"),
+    ("60.0", "85", "50", "6.0", "issue (slots 85%)"),
+    ("55.0", "40", "35", "6.0", "latency (top stall: long_scoreboard)"),
+    ("55.0", "40", "35", "0.5", "latency (top stall: wait)"),
+])
+def test_counters_parse_and_verdict(dram, issue, alu, ls, want):
+    """bench.counters reads ncu's raw CSV (units row and non-CSV lines skipped, "1,056" a number) and names the bound;
+    the _not_issued twin of a stall reason is not a reason of its own."""
+    from bench import counters
+    text = NCU_RAW.format(name="k_gemv", ns="54600", bytes="122000000", dram=dram, issue=issue, alu=alu, ls=ls)
+    kernels = counters.parse_raw_csv(text)
+    assert list(kernels) == ["k_gemv"]
+    s = counters.summarize(kernels["k_gemv"])
+    assert s["verdict"] == want
+    assert s["time_us"] == pytest.approx(54.6) and s["dram_tbps"] == pytest.approx(122e6 / 54.6 / 1e6)
+    assert s["grid"] == 1056 and s["registers"] == 128
+    assert s["pipes_pct"][0][0] == ("alu" if float(alu) > 31.5 else "fma")
+    assert "long_scoreboard_not_issued" not in dict(s["stalls"])
+    row = counters.format_row("k", s)
+    assert row.count("|") == counters.HEADER.splitlines()[0].count("|") and want in row
+
+
+def test_counters_refuses_output_without_rows():
+    from bench import counters
+    with pytest.raises(ValueError, match="no ncu CSV rows"):
+        counters.parse_raw_csv("==PROF== No kernels were profiled.\n")
+    with pytest.raises(ValueError, match="Kernel Name"):
+        counters.parse_raw_csv('"a","b"\n"1","2"\n')
+
+
+def test_counters_report_recomputes_from_saved_metrics(tmp_path):
+    from bench import counters
+    text = NCU_RAW.format(name="k", ns="1000", bytes="2000000", dram="90", issue="10", alu="5", ls="1")
+    m = counters.parse_raw_csv(text)["k"]
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"case": "gptq 1x1 M=1", "config": "m1", "summary": {}, "metrics": m}) + "\n")
+    out = counters.report(str(path))
+    assert out.startswith(counters.HEADER) and "| gptq 1x1 M=1 | 1.0 | 2.00 | 90% |" in out and "memory" in out
