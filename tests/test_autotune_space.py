@@ -107,6 +107,13 @@ def test_search_walks_axis_lines_from_the_default():
     ladder = AXES[("triton", "gemv")]["block_n"]
     steps = [abs(ladder.index(c.block_n) - ladder.index(d.block_n)) for c in first if c.block_n != d.block_n]
     assert steps and steps == sorted(steps)
+    # the on/off axes' flips come first (the cheapest probes around a new best: listed last, they fell past the
+    # 3 s budget on the H100), then the ladders' one-step neighbours
+    flags = [f for f in fields if set(AXES[("triton", "gemv")].get(f, ())) == {False, True}]
+    assert set(flags) == {"evict_first", "half_dot"}
+    n_flags = sum(any(getattr(c, f) != getattr(d, f) for f in flags) for c in first)
+    assert n_flags == 2    # gptq takes both hints at this config
+    assert all(any(getattr(c, f) != getattr(d, f) for f in flags) for c in first[:n_flags])
     # nothing is proposed twice
     again = s.lines(d)
     assert again == []
