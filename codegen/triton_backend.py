@@ -21,12 +21,25 @@ def render_triton(plan: KernelPlan) -> str:
     return src
 
 
+TRANSFORMS_BEGIN = "# --- transform helpers: config-independent"
+TRANSFORMS_END = "# --- end transform helpers ---"
+
+
 def kernel_source_hash(src: str) -> str:
     """sha256 (16 hex) of a generated kernel's code without its header comments (which name the generator
-    version and template hashes): two renders with the same hash run the same kernel."""
+    version and template hashes) and without its transform helpers (the input / output Hadamard between the
+    TRANSFORMS_BEGIN and TRANSFORMS_END lines: the same code for every config of a problem, so it cannot change
+    which config wins): two renders with the same hash run the same kernel."""
     lines = src.splitlines()
     start = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
-    return hashlib.sha256("\n".join(lines[start:]).encode()).hexdigest()[:16]
+    lines = lines[start:]
+    begin = next((i for i, line in enumerate(lines) if line.startswith(TRANSFORMS_BEGIN)), None)
+    if begin is not None:
+        end = next((i for i, line in enumerate(lines) if line.startswith(TRANSFORMS_END)), None)
+        if end is None or end < begin:
+            raise ValueError(f"kernel source has {TRANSFORMS_BEGIN!r} without a following {TRANSFORMS_END!r}")
+        lines = lines[:begin] + lines[end + 1:]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=1024)

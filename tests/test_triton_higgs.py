@@ -91,3 +91,37 @@ def test_higgs_m1_misaligned_grid(gen):
     mod = kernel_module(spec, "gemv", 1, N, 256, _cfg(1, 64))
     x = (torch.randn(1, 256, generator=gen) * 0.5).half()
     assert torch.equal(mod.run(x, dict(qt.tensors), N), mod.run(x, dict(qt.tensors, grid=view), N))
+
+
+@pytest.mark.parametrize("size", [4, 1024, 2048])
+def test_hadamard_helper_one_launch_matches_the_torch_butterfly(size, monkeypatch):
+    """The generated wrapper's input Hadamard runs as one _fwht_rows launch (the interpreter here, the GPU there)
+    with the torch butterfly's fp32 operations in its order: equal to it where sqrt(size) is a power of two, within
+    one fp16 rounding otherwise (torch divides, the kernel multiplies by the fp32 reciprocal as torch's CUDA
+    division by a scalar does); and both are ir.hadamard.block_hadamard to fp16 rounding."""
+    from ir.hadamard import block_hadamard
+    mod = kernel_module(ir.get_format("higgs"), "gemv", 1, 256, 1024,
+                        KernelConfig(block_m=1, block_n=64, block_k=128, split_k=2, num_warps=4))
+    calls = []
+    monkeypatch.setattr(mod, "_fwht_rows", _Spy(mod._fwht_rows, calls))
+    x = torch.randn(3, 2 * size, generator=torch.Generator().manual_seed(size)).half()
+    fast = mod._hadamard(x, size, True)
+    assert len(calls) == 1 and fast.dtype == x.dtype and fast.shape == x.shape
+    monkeypatch.setattr(mod, "_FWHT_MAX", 0)   # the torch fallback
+    slow = mod._hadamard(x, size, True)
+    assert len(calls) == 1
+    if size in (4, 1024):
+        assert torch.equal(fast, slow)
+    else:
+        assert ((fast.float() - slow.float()).abs() <= 1e-3 * slow.float().abs().clamp_min(1e-2)).all()
+    torch.testing.assert_close(fast.float(), block_hadamard(x.float(), size).float(), rtol=2e-3, atol=2e-3)
+    assert torch.equal(mod._hadamard(x, size, False), mod._hadamard(x.clone(), size, False))
+
+
+class _Spy:
+    def __init__(self, fn, calls):
+        self.fn, self.calls = fn, calls
+
+    def __getitem__(self, grid):
+        self.calls.append(grid)
+        return self.fn[grid]

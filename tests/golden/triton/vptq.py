@@ -2,7 +2,7 @@
 # kernel:   vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v8_k65536_256   spec key: b6891de46598baf76f4918c54a5bd30009a14a08ecc9a91ab4f0a413ea8a8ff2
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a1f3bdabb2a72df0
+# arch:     sm90   family: gemv   template hash: a15d32d4205f474d
 """vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v8_k65536_256` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -225,10 +225,46 @@ def _check(x, tensors, N, bias, out):
         raise ValueError(f"{KERNEL_NAME}: out must be a contiguous {x.dtype} tensor of shape {(*x.shape[:-1], N)}")
 
 
+# --- transform helpers: config-independent (the same for every KernelConfig), outside the tuning hash ---
+_FWHT_MAX = 16384  # the largest Hadamard block one program holds (fp32, 16 warps: 32 values per thread)
+
+
+@triton.jit
+def _fwht_rows(src_ptr, dst_ptr, scratch_ptr, inv_sqrt, SIZE: tl.constexpr, LOG: tl.constexpr,
+               NORMALIZED: tl.constexpr):
+    """One Hadamard block of SIZE values per program: the butterfly of _hadamard's torch fallback, stage by stage
+    (element i pairs with i ^ h: i + h gets y[i] - y[i + h], i gets y[i] + y[i + h]), the partner's value read back
+    through this program's fp32 scratch row after a barrier. The same fp32 operations in the same order."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, SIZE)
+    y = tl.load(src_ptr + row * SIZE + offs).to(tl.float32)
+    for s in tl.static_range(LOG):
+        tl.store(scratch_ptr + row * SIZE + offs, y)
+        tl.debug_barrier()
+        p = tl.load(scratch_ptr + row * SIZE + (offs ^ (1 << s)))
+        tl.debug_barrier()
+        y = tl.where((offs & (1 << s)) != 0, p - y, y + p)
+    if NORMALIZED:
+        y = y * inv_sqrt
+    tl.store(dst_ptr + row * SIZE + offs, y.to(dst_ptr.dtype.element_ty))
+
+
 def _hadamard(v, size, normalized):
     """Sylvester Hadamard over consecutive blocks of `size` along the last dim, in fp32, by the fast
-    Walsh-Hadamard butterfly (O(size log size), no size x size matrix); twin of ir.hadamard.block_hadamard."""
+    Walsh-Hadamard butterfly (O(size log size), no size x size matrix); twin of ir.hadamard.block_hadamard.
+    One launch of _fwht_rows for blocks up to _FWHT_MAX (the torch butterfly below is ~33 small kernels: 64 us
+    at M=1 on the H100); torch for larger blocks. Normalized: times fp32(1 / fp32(sqrt(size))), as torch's CUDA
+    division by a scalar computes it."""
     shape = v.shape
+    if size <= _FWHT_MAX and size & (size - 1) == 0 and (v.is_cuda or _INTERPRETED):
+        src = v.contiguous()
+        rows = src.numel() // size
+        out = torch.empty_like(src)
+        scratch = torch.empty(rows * size, device=v.device, dtype=torch.float32)
+        inv = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(size ** 0.5, dtype=torch.float32))
+        _fwht_rows[(rows,)](src, out, scratch, inv, SIZE=size, LOG=size.bit_length() - 1, NORMALIZED=normalized,
+                            num_warps=min(16, max(4, size // 1024)))
+        return out.view(shape)
     y = v.float().reshape(-1, size)
     h = 1
     while h < size:
@@ -237,6 +273,7 @@ def _hadamard(v, size, normalized):
         h *= 2
     y = y.reshape(shape)
     return (y / size ** 0.5 if normalized else y).to(v.dtype)
+# --- end transform helpers ---
 
 
 def run(x, tensors, N, bias=None, out=None):
