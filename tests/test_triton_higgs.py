@@ -1,6 +1,8 @@
 """HIGGS Triton fast paths (word groups cut field by field, grid entries read through L1): tiles inside a scale
 group (per-column scale vector) and spanning groups, gemm and gemv, and the M=1 factorized field-by-field path
 (part_field), for every p and bits, straddling fields included; fp16 + bf16."""
+import os
+
 import pytest
 import torch
 
@@ -83,14 +85,25 @@ def test_higgs_m1_misaligned_grid(gen):
     copied to an aligned buffer first."""
     spec = ir.get_format("higgs", p=2, bits=4, group_size=64, hadamard_size=128)
     qt = ir.quantize(spec, torch.randn(N, 256, generator=torch.Generator().manual_seed(5)) * 0.05)
-    g = qt.tensors["grid"]
-    buf = torch.empty(g.numel() + 1, dtype=g.dtype)
+    dev = _device()
+    tensors = {k: v.to(dev) for k, v in qt.tensors.items()}
+    g = tensors["grid"]
+    buf = torch.empty(g.numel() + 1, dtype=g.dtype, device=dev)
     view = buf[1:].view(g.shape)
     view.copy_(g)
     assert view.data_ptr() % 1024
     mod = kernel_module(spec, "gemv", 1, N, 256, _cfg(1, 64))
-    x = (torch.randn(1, 256, generator=gen) * 0.5).half()
-    assert torch.equal(mod.run(x, dict(qt.tensors), N), mod.run(x, dict(qt.tensors, grid=view), N))
+    x = (torch.randn(1, 256, generator=gen) * 0.5).half().to(dev)
+    assert torch.equal(mod.run(x, dict(tensors), N), mod.run(x, dict(tensors, grid=view), N))
+
+
+def _device():
+    """cuda where there is a GPU (no interpreter there), else the CPU under TRITON_INTERPRET=1."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    return "cpu"
 
 
 @pytest.mark.parametrize("size", [4, 1024, 2048])
@@ -104,7 +117,7 @@ def test_hadamard_helper_one_launch_matches_the_torch_butterfly(size, monkeypatc
                         KernelConfig(block_m=1, block_n=64, block_k=128, split_k=2, num_warps=4))
     calls = []
     monkeypatch.setattr(mod, "_fwht_rows", _Spy(mod._fwht_rows, calls))
-    x = torch.randn(3, 2 * size, generator=torch.Generator().manual_seed(size)).half()
+    x = torch.randn(3, 2 * size, generator=torch.Generator().manual_seed(size)).half().to(_device())
     fast = mod._hadamard(x, size, True)
     assert len(calls) == 1 and fast.dtype == x.dtype and fast.shape == x.shape
     monkeypatch.setattr(mod, "_FWHT_MAX", 0)   # the torch fallback
@@ -114,7 +127,7 @@ def test_hadamard_helper_one_launch_matches_the_torch_butterfly(size, monkeypatc
         assert torch.equal(fast, slow)
     else:
         assert ((fast.float() - slow.float()).abs() <= 1e-3 * slow.float().abs().clamp_min(1e-2)).all()
-    torch.testing.assert_close(fast.float(), block_hadamard(x.float(), size).float(), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(fast.float().cpu(), block_hadamard(x.float().cpu(), size), rtol=2e-3, atol=2e-3)
     assert torch.equal(mod._hadamard(x, size, False), mod._hadamard(x.clone(), size, False))
 
 
