@@ -129,6 +129,8 @@ def test_hadamard_helper_one_launch_matches_the_torch_butterfly(size, monkeypatc
         assert ((fast.float() - slow.float()).abs() <= 1e-3 * slow.float().abs().clamp_min(1e-2)).all()
     torch.testing.assert_close(fast.float().cpu(), block_hadamard(x.float().cpu(), size), rtol=2e-3, atol=2e-3)
     assert torch.equal(mod._hadamard(x, size, False), mod._hadamard(x.clone(), size, False))
+    with pytest.raises(ValueError, match=f"Hadamard block {2 * size} does not divide"):
+        mod._hadamard(x[:, : 3 * size // 2] if size > 4 else x[:, :6], 2 * size, True)
 
 
 class _Spy:

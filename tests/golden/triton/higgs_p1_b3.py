@@ -2,7 +2,7 @@
 # kernel:   higgs_p1_b3_b3_g256_4e62bec9_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p1_b3   spec key: 4e62bec9bb0515f589f3b988388c6f54065d837989db77abfe41567a6ecc6856
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 46b1832102d2a3c7
+# arch:     sm90   family: gemv   template hash: 0a0b9499057ddcf9
 """higgs_p1_b3_b3_g256_4e62bec9_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p1_b3` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -298,6 +298,9 @@ def _hadamard(v, size, normalized):
     at M=1 on the H100); torch for larger blocks. Normalized: times fp32(1 / fp32(sqrt(size))), as torch's CUDA
     division by a scalar computes it."""
     shape = v.shape
+    if shape[-1] % size:
+        raise ValueError(f"{KERNEL_NAME}: the Hadamard block {size} does not divide the transformed dimension "
+                         f"{shape[-1]}; it must be a multiple of {size}")
     if size <= _FWHT_MAX and size & (size - 1) == 0 and (v.is_cuda or _INTERPRETED):
         src = v.contiguous()
         rows = src.numel() // size

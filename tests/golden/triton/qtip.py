@@ -2,7 +2,7 @@
 # kernel:   qtip_b2_a9108268_sm90_gemv_m1n64k128s1w4p2
 # format:   qtip   spec key: a91082681a2d166cb183252899983d8947e5de1f2bb5cc32944b07b2a5d1b351
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 46e218e417a08e33
+# arch:     sm90   family: gemv   template hash: 0798c86e4ba357c2
 """qtip_b2_a9108268_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `qtip` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -247,6 +247,9 @@ def _hadamard(v, size, normalized):
     at M=1 on the H100); torch for larger blocks. Normalized: times fp32(1 / fp32(sqrt(size))), as torch's CUDA
     division by a scalar computes it."""
     shape = v.shape
+    if shape[-1] % size:
+        raise ValueError(f"{KERNEL_NAME}: the Hadamard block {size} does not divide the transformed dimension "
+                         f"{shape[-1]}; it must be a multiple of {size}")
     if size <= _FWHT_MAX and size & (size - 1) == 0 and (v.is_cuda or _INTERPRETED):
         src = v.contiguous()
         rows = src.numel() // size

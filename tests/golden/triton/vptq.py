@@ -2,7 +2,7 @@
 # kernel:   vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v8_k65536_256   spec key: b6891de46598baf76f4918c54a5bd30009a14a08ecc9a91ab4f0a413ea8a8ff2
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a15d32d4205f474d
+# arch:     sm90   family: gemv   template hash: 8c50421d1400dc2d
 """vptq_v8_k65536_256_gk_b6891de4_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v8_k65536_256` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -256,6 +256,9 @@ def _hadamard(v, size, normalized):
     at M=1 on the H100); torch for larger blocks. Normalized: times fp32(1 / fp32(sqrt(size))), as torch's CUDA
     division by a scalar computes it."""
     shape = v.shape
+    if shape[-1] % size:
+        raise ValueError(f"{KERNEL_NAME}: the Hadamard block {size} does not divide the transformed dimension "
+                         f"{shape[-1]}; it must be a multiple of {size}")
     if size <= _FWHT_MAX and size & (size - 1) == 0 and (v.is_cuda or _INTERPRETED):
         src = v.contiguous()
         rows = src.numel() // size

@@ -2,7 +2,7 @@
 # kernel:   vptq_v16_k65536_65536_gk_33ed06ba_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v16_k65536_65536   spec key: 33ed06ba9ee985fb6e2534b47cf6e2142c7daa8e613562c7ad9b270c50fca099
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a15d32d4205f474d
+# arch:     sm90   family: gemv   template hash: 8c50421d1400dc2d
 """vptq_v16_k65536_65536_gk_33ed06ba_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v16_k65536_65536` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -256,6 +256,9 @@ def _hadamard(v, size, normalized):
     at M=1 on the H100); torch for larger blocks. Normalized: times fp32(1 / fp32(sqrt(size))), as torch's CUDA
     division by a scalar computes it."""
     shape = v.shape
+    if shape[-1] % size:
+        raise ValueError(f"{KERNEL_NAME}: the Hadamard block {size} does not divide the transformed dimension "
+                         f"{shape[-1]}; it must be a multiple of {size}")
     if size <= _FWHT_MAX and size & (size - 1) == 0 and (v.is_cuda or _INTERPRETED):
         src = v.contiguous()
         rows = src.numel() // size

@@ -2,7 +2,7 @@
 # kernel:   watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2
 # format:   watersic   spec key: 127da52259b03e292b8cee1b54d406ac5bfe785bb7db140f636538beef2c3ef9
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 718222b26964ec1a
+# arch:     sm90   family: gemv   template hash: ab14e09f929aeaeb
 """watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `watersic` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -245,6 +245,9 @@ def _hadamard(v, size, normalized):
     at M=1 on the H100); torch for larger blocks. Normalized: times fp32(1 / fp32(sqrt(size))), as torch's CUDA
     division by a scalar computes it."""
     shape = v.shape
+    if shape[-1] % size:
+        raise ValueError(f"{KERNEL_NAME}: the Hadamard block {size} does not divide the transformed dimension "
+                         f"{shape[-1]}; it must be a multiple of {size}")
     if size <= _FWHT_MAX and size & (size - 1) == 0 and (v.is_cuda or _INTERPRETED):
         src = v.contiguous()
         rows = src.numel() // size
