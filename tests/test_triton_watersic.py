@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 import ir
+from ir import KernelConfig
 from ir.bitpack import unpack_cols
 from ir.formats.prefixquant import sign_extend
 from ir.formats.watersic import codes_f32_of_words
@@ -122,3 +123,22 @@ def test_kernel_fast_path(bits, K, config, gen):
     for dtype in (torch.float16, torch.bfloat16):
         err = check_kernel(mod, qt, M, dtype, gen, bias=True, device=DEVICE)
         assert err < REL_TOL[dtype], f"bits={bits} K={K} {config} {dtype}: rel err {err:.2e}"
+
+
+def test_column_scale_helper_is_one_launch_of_the_same_arithmetic():
+    """The wrapper's input column scale (WaterSIC's col_scale, QTIP's signs) runs as one _scale_cols_kernel launch
+    with torch's form's fp32 product and rounding: equal to it bit for bit, fp16 and bf16, odd sizes included."""
+    import os
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    spec = ir.get_format("watersic")
+    mod = kernel_module(spec, "gemv", 1, 64, 256, KernelConfig(block_m=1, block_n=64, block_k=64, split_k=1,
+                                                                 num_warps=4))
+    g = torch.Generator().manual_seed(7)
+    for dtype, (rows, K) in ((torch.float16, (3, 256)), (torch.bfloat16, (5, 1000)), (torch.float16, (1, 1))):
+        x = (torch.randn(rows, K, generator=g) * 3).to(dtype).to(dev)
+        s = (torch.randn(K, generator=g) * 2).half().to(dev)
+        got = mod._scale_cols(x, s)
+        assert got.dtype == dtype and torch.equal(got, (x.float() * s.float()).to(dtype))
+        assert torch.equal(mod._scale_cols(x.t().contiguous().t(), s), got)   # a non-contiguous x is copied first

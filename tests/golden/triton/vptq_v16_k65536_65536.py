@@ -2,7 +2,7 @@
 # kernel:   vptq_v16_k65536_65536_gk_33ed06ba_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v16_k65536_65536   spec key: 33ed06ba9ee985fb6e2534b47cf6e2142c7daa8e613562c7ad9b270c50fca099
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 8c50421d1400dc2d
+# arch:     sm90   family: gemv   template hash: b8ff9b6f9b9c88cb
 """vptq_v16_k65536_65536_gk_33ed06ba_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v16_k65536_65536` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -229,6 +229,12 @@ def _check(x, tensors, N, bias, out):
 _FWHT_MAX = 16384  # the largest Hadamard block one program holds (fp32, 16 warps: 32 values per thread)
 
 
+def _one_launch(v):
+    """Whether the transform helpers launch their Triton kernel for `v` (else the torch form): on the GPU, and under
+    the CPU interpreter except for bfloat16 (its fp32 -> bf16 stores round toward zero, the GPU's to nearest)."""
+    return v.is_cuda or (_INTERPRETED and v.dtype != torch.bfloat16)
+
+
 @triton.jit
 def _fwht_rows(src_ptr, dst_ptr, scratch_ptr, inv_sqrt, SIZE: tl.constexpr, LOG: tl.constexpr,
                NORMALIZED: tl.constexpr):
@@ -259,7 +265,7 @@ def _hadamard(v, size, normalized):
     if shape[-1] % size:
         raise ValueError(f"{KERNEL_NAME}: the Hadamard block {size} does not divide the transformed dimension "
                          f"{shape[-1]}; it must be a multiple of {size}")
-    if size <= _FWHT_MAX and size & (size - 1) == 0 and (v.is_cuda or _INTERPRETED):
+    if size <= _FWHT_MAX and size & (size - 1) == 0 and _one_launch(v):
         src = v.contiguous()
         rows = src.numel() // size
         out = torch.empty_like(src)
@@ -276,6 +282,28 @@ def _hadamard(v, size, normalized):
         h *= 2
     y = y.reshape(shape)
     return (y / size ** 0.5 if normalized else y).to(v.dtype)
+
+
+@triton.jit
+def _scale_cols_kernel(src_ptr, s_ptr, dst_ptr, n, K, BLOCK: tl.constexpr):
+    """dst = (src * s[column]) in fp32, rounded to dst's dtype: _scale_cols' one launch."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    v = tl.load(src_ptr + offs, mask=inside, other=0).to(tl.float32)
+    c = tl.load(s_ptr + offs % K, mask=inside, other=0).to(tl.float32)
+    tl.store(dst_ptr + offs, (v * c).to(dst_ptr.dtype.element_ty), mask=inside)
+
+
+def _scale_cols(v, s):
+    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels,
+    ~6 us under graph replay on the H100); the same fp32 product and rounding."""
+    if not _one_launch(v):
+        return (v.float() * s.float()).to(v.dtype)
+    src = v.contiguous()
+    out = torch.empty_like(src)
+    n = src.numel()
+    _scale_cols_kernel[(triton.cdiv(n, 1024),)](src, s.contiguous(), out, n, src.shape[-1], BLOCK=1024)
+    return out
 # --- end transform helpers ---
 
 
