@@ -2,7 +2,7 @@
 # kernel:   higgs_p2_b2_b2_g256_817446c5_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p2_b2   spec key: 817446c5eaa9803f98b943c8742acae87fcdce32a820ecf5f0e81049bac59962
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 525411b860db7500
+# arch:     sm90   family: gemv   template hash: bb1ce7743a348746
 """higgs_p2_b2_b2_g256_817446c5_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p2_b2` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -320,8 +320,8 @@ def _scale_cols_kernel(src_ptr, s_ptr, dst_ptr, n, K, BLOCK: tl.constexpr):
 
 
 def _scale_cols(v, s):
-    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels,
-    ~6 us under graph replay on the H100); the same fp32 product and rounding."""
+    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels);
+    the same fp32 product and rounding."""
     if not _one_launch(v):
         return (v.float() * s.float()).to(v.dtype)
     src = v.contiguous()

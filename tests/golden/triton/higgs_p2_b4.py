@@ -2,7 +2,7 @@
 # kernel:   higgs_p2_b4_b4_g256_4aee09c0_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p2_b4   spec key: 4aee09c08533e577ddf8a2ab9579ba708b4f1cb3333706f387475d48bffddc5f
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 525411b860db7500
+# arch:     sm90   family: gemv   template hash: bb1ce7743a348746
 """higgs_p2_b4_b4_g256_4aee09c0_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p2_b4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -312,8 +312,8 @@ def _scale_cols_kernel(src_ptr, s_ptr, dst_ptr, n, K, BLOCK: tl.constexpr):
 
 
 def _scale_cols(v, s):
-    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels,
-    ~6 us under graph replay on the H100); the same fp32 product and rounding."""
+    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels);
+    the same fp32 product and rounding."""
     if not _one_launch(v):
         return (v.float() * s.float()).to(v.dtype)
     src = v.contiguous()

@@ -2,7 +2,7 @@
 # kernel:   qtip_b2_a9108268_sm90_gemv_m1n64k128s1w4p2
 # format:   qtip   spec key: a91082681a2d166cb183252899983d8947e5de1f2bb5cc32944b07b2a5d1b351
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: ea513ff8667a64a9
+# arch:     sm90   family: gemv   template hash: 1616a85d049a093d
 """qtip_b2_a9108268_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `qtip` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -286,8 +286,8 @@ def _scale_cols_kernel(src_ptr, s_ptr, dst_ptr, n, K, BLOCK: tl.constexpr):
 
 
 def _scale_cols(v, s):
-    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels,
-    ~6 us under graph replay on the H100); the same fp32 product and rounding."""
+    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels);
+    the same fp32 product and rounding."""
     if not _one_launch(v):
         return (v.float() * s.float()).to(v.dtype)
     src = v.contiguous()

@@ -2,7 +2,7 @@
 # kernel:   vptq_v8_k4096_gk_dfb43953_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v8_k4096   spec key: dfb43953e598bb63e4a7278154c82bf7ca02989a3977fc40832574f5c8aba5c6
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: b8ff9b6f9b9c88cb
+# arch:     sm90   family: gemv   template hash: 9d545b4966725d5f
 """vptq_v8_k4096_gk_dfb43953_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v8_k4096` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -289,8 +289,8 @@ def _scale_cols_kernel(src_ptr, s_ptr, dst_ptr, n, K, BLOCK: tl.constexpr):
 
 
 def _scale_cols(v, s):
-    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels,
-    ~6 us under graph replay on the H100); the same fp32 product and rounding."""
+    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels);
+    the same fp32 product and rounding."""
     if not _one_launch(v):
         return (v.float() * s.float()).to(v.dtype)
     src = v.contiguous()

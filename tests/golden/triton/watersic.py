@@ -2,7 +2,7 @@
 # kernel:   watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2
 # format:   watersic   spec key: 127da52259b03e292b8cee1b54d406ac5bfe785bb7db140f636538beef2c3ef9
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: dadcc2ff49137918
+# arch:     sm90   family: gemv   template hash: 9f993011c5d13964
 """watersic_b4_127da522_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `watersic` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -284,8 +284,8 @@ def _scale_cols_kernel(src_ptr, s_ptr, dst_ptr, n, K, BLOCK: tl.constexpr):
 
 
 def _scale_cols(v, s):
-    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels,
-    ~6 us under graph replay on the H100); the same fp32 product and rounding."""
+    """(v.float() * s.float()).to(v.dtype) for v [rows, K] and s [K] in one launch (torch's form is four kernels);
+    the same fp32 product and rounding."""
     if not _one_launch(v):
         return (v.float() * s.float()).to(v.dtype)
     src = v.contiguous()
