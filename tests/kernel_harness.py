@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 from codegen.plan import lower
@@ -41,6 +43,16 @@ def small_problem(spec) -> tuple[int, int, KernelConfig, KernelConfig]:
                         num_warps=4, num_stages=1)
     gemm = KernelConfig(block_m=16, block_n=16, block_k=block_k, split_k=1, num_warps=4, num_stages=1)
     return N, K, gemv, gemm
+
+
+def device_or_skip() -> str:
+    """Where a generated module's launches can run here: "cuda" on a GPU machine (no interpreter there), else
+    "cpu" under TRITON_INTERPRET=1; skips the test otherwise."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    return "cpu"
 
 
 def kernel_module(spec, family: str, M: int, N: int, K: int, config: KernelConfig, arch: str = "sm90"):

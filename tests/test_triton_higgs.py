@@ -1,14 +1,12 @@
 """HIGGS Triton fast paths (word groups cut field by field, grid entries read through L1): tiles inside a scale
 group (per-column scale vector) and spanning groups, gemm and gemv, and the M=1 factorized field-by-field path
 (part_field), for every p and bits, straddling fields included; fp16 + bf16."""
-import os
-
 import pytest
 import torch
 
 import ir
 from ir import KernelConfig
-from kernel_harness import REL_TOL, check_kernel, kernel_module
+from kernel_harness import REL_TOL, check_kernel, device_or_skip, kernel_module
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N = 40
@@ -85,7 +83,7 @@ def test_higgs_m1_misaligned_grid(gen):
     copied to an aligned buffer first."""
     spec = ir.get_format("higgs", p=2, bits=4, group_size=64, hadamard_size=128)
     qt = ir.quantize(spec, torch.randn(N, 256, generator=torch.Generator().manual_seed(5)) * 0.05)
-    dev = _device()
+    dev = device_or_skip()
     tensors = {k: v.to(dev) for k, v in qt.tensors.items()}
     g = tensors["grid"]
     buf = torch.empty(g.numel() + 1, dtype=g.dtype, device=dev)
@@ -96,14 +94,6 @@ def test_higgs_m1_misaligned_grid(gen):
     x = (torch.randn(1, 256, generator=gen) * 0.5).half().to(dev)
     assert torch.equal(mod.run(x, dict(tensors), N), mod.run(x, dict(tensors, grid=view), N))
 
-
-def _device():
-    """cuda where there is a GPU (no interpreter there), else the CPU under TRITON_INTERPRET=1."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
-    return "cpu"
 
 
 @pytest.mark.parametrize("size", [4, 1024, 2048])
@@ -117,7 +107,7 @@ def test_hadamard_helper_one_launch_matches_the_torch_butterfly(size, monkeypatc
                         KernelConfig(block_m=1, block_n=64, block_k=128, split_k=2, num_warps=4))
     calls = []
     monkeypatch.setattr(mod, "_fwht_rows", _Spy(mod._fwht_rows, calls))
-    x = torch.randn(3, 2 * size, generator=torch.Generator().manual_seed(size)).half().to(_device())
+    x = torch.randn(3, 2 * size, generator=torch.Generator().manual_seed(size)).half().to(device_or_skip())
     fast = mod._hadamard(x, size, True)
     assert len(calls) == 1 and fast.dtype == x.dtype and fast.shape == x.shape
     monkeypatch.setattr(mod, "_FWHT_MAX", 0)   # the torch fallback

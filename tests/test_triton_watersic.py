@@ -18,7 +18,7 @@ from ir.bitpack import unpack_cols
 from ir.formats.prefixquant import sign_extend
 from ir.formats.watersic import codes_f32_of_words
 from ir.synthetic import synthetic_quantized
-from kernel_harness import REL_TOL, check_kernel, kernel_module
+from kernel_harness import REL_TOL, check_kernel, device_or_skip, kernel_module
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCK_K, BLOCK_N = 64, 16
@@ -128,10 +128,7 @@ def test_kernel_fast_path(bits, K, config, gen):
 def test_column_scale_helper_is_one_launch_of_the_same_arithmetic():
     """The wrapper's input column scale (WaterSIC's col_scale, QTIP's signs) runs as one _scale_cols_kernel launch
     with torch's form's fp32 product and rounding: equal to it bit for bit, fp16 and bf16, odd sizes included."""
-    import os
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = device_or_skip()
     spec = ir.get_format("watersic")
     mod = kernel_module(spec, "gemv", 1, 64, 256, KernelConfig(block_m=1, block_n=64, block_k=64, split_k=1,
                                                                  num_warps=4))

@@ -2,7 +2,7 @@
 # kernel:   higgs_p1_b2_b2_g256_769faf30_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p1_b2   spec key: 769faf30fae68c4f0437fbe3564708f7147ee1bc386b4f8ea6d76d891bcc2650
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: bb1ce7743a348746
+# arch:     sm90   family: gemv   template hash: 9e7ab1d4b2887f69
 """higgs_p1_b2_b2_g256_769faf30_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p1_b2` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -280,6 +280,15 @@ def _fwht_rows(src_ptr, dst_ptr, scratch_ptr, inv_sqrt, SIZE: tl.constexpr, LOG:
     tl.store(dst_ptr + row * SIZE + offs, y.to(dst_ptr.dtype.element_ty))
 
 
+@functools.lru_cache(maxsize=None)
+def _inv_sqrt(size):
+    """fp32(1 / fp32(sqrt(size))), the factor torch's CUDA division by the scalar sqrt(size) multiplies by (the
+    double quotient of two floats rounds to the fp32 quotient)."""
+    import struct   # here, not at the top: the module's imports count in the tuning hash, these helpers do not
+    f32 = lambda v: struct.unpack("f", struct.pack("f", v))[0]   # noqa: E731
+    return f32(1.0 / f32(size ** 0.5))
+
+
 def _hadamard(v, size, normalized):
     """Sylvester Hadamard over consecutive blocks of `size` along the last dim, in fp32, by the fast
     Walsh-Hadamard butterfly (O(size log size), no size x size matrix); twin of ir.hadamard.block_hadamard.
@@ -295,8 +304,7 @@ def _hadamard(v, size, normalized):
         rows = src.numel() // size
         out = torch.empty_like(src)
         scratch = torch.empty(rows * size, device=v.device, dtype=torch.float32)
-        inv = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(size ** 0.5, dtype=torch.float32))
-        _fwht_rows[(rows,)](src, out, scratch, inv, SIZE=size, LOG=size.bit_length() - 1, NORMALIZED=normalized,
+        _fwht_rows[(rows,)](src, out, scratch, _inv_sqrt(size), SIZE=size, LOG=size.bit_length() - 1, NORMALIZED=normalized,
                             num_warps=min(16, max(4, size // 1024)))
         return out.view(shape)
     y = v.float().reshape(-1, size)

@@ -2,7 +2,7 @@
 # kernel:   vptq_v8_k65536_gk_604e10d7_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v8_k65536   spec key: 604e10d7e7eeba5a48dfadaa9fdf7217d519edba0c8fac9bafff711bc8e7aa7f
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 9d545b4966725d5f
+# arch:     sm90   family: gemv   template hash: 7c023523ac10a7f7
 """vptq_v8_k65536_gk_604e10d7_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v8_k65536` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -249,6 +249,15 @@ def _fwht_rows(src_ptr, dst_ptr, scratch_ptr, inv_sqrt, SIZE: tl.constexpr, LOG:
     tl.store(dst_ptr + row * SIZE + offs, y.to(dst_ptr.dtype.element_ty))
 
 
+@functools.lru_cache(maxsize=None)
+def _inv_sqrt(size):
+    """fp32(1 / fp32(sqrt(size))), the factor torch's CUDA division by the scalar sqrt(size) multiplies by (the
+    double quotient of two floats rounds to the fp32 quotient)."""
+    import struct   # here, not at the top: the module's imports count in the tuning hash, these helpers do not
+    f32 = lambda v: struct.unpack("f", struct.pack("f", v))[0]   # noqa: E731
+    return f32(1.0 / f32(size ** 0.5))
+
+
 def _hadamard(v, size, normalized):
     """Sylvester Hadamard over consecutive blocks of `size` along the last dim, in fp32, by the fast
     Walsh-Hadamard butterfly (O(size log size), no size x size matrix); twin of ir.hadamard.block_hadamard.
@@ -264,8 +273,7 @@ def _hadamard(v, size, normalized):
         rows = src.numel() // size
         out = torch.empty_like(src)
         scratch = torch.empty(rows * size, device=v.device, dtype=torch.float32)
-        inv = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(size ** 0.5, dtype=torch.float32))
-        _fwht_rows[(rows,)](src, out, scratch, inv, SIZE=size, LOG=size.bit_length() - 1, NORMALIZED=normalized,
+        _fwht_rows[(rows,)](src, out, scratch, _inv_sqrt(size), SIZE=size, LOG=size.bit_length() - 1, NORMALIZED=normalized,
                             num_warps=min(16, max(4, size // 1024)))
         return out.view(shape)
     y = v.float().reshape(-1, size)
