@@ -1,7 +1,7 @@
 """Fast decode paths of the activation-quantized families (w8a8_static int8 / fp8, prefixquant_w4a4).
 
 decode_tile_fast returns, in the gemm family, the weight codes in the MMA operand dtype (int8 / float8e4nv),
-so the tile is a plain load (w8a8) or a shift-only unpack (prefixquant) with no convert per weight; in the gemv
+so the tile is a plain load (w8a8) or two LOP3 per 8 codes (prefixquant: 16 * the codes) with no convert per weight; in the gemv
 family it returns exact fp32 values by the exponent trick. Checked here: the pure-torch twins of those helpers
 bit for bit, and the generated kernels against ir.reference at tile shapes that exercise the K and N tails
 (several K tiles, split-K, N not a multiple of the tile), M from 1 to 128, fp16 and bf16, NaN-prefilled outputs.
@@ -13,7 +13,7 @@ import ir
 from codegen.plan import lower
 from codegen.triton_backend import render_triton
 from ir import KernelConfig
-from ir.formats.prefixquant import fields_as_float, sign_extend, signed_fields
+from ir.formats.prefixquant import codes16_bytes, fields_as_float, sign_extend, signed_fields
 from ir.formats.w8a8 import int8_to_float_bits
 from kernel_harness import REL_TOL, check_kernel, kernel_module
 
@@ -44,6 +44,27 @@ def test_signed_fields_twins_match_sign_extend(gen):
         ref = sign_extend((words.to(torch.int64) >> (4 * slot)) & 15, 4)
         assert torch.equal(signed_fields(words, slot, 4).to(torch.int64), ref)
         assert torch.equal(fields_as_float(words, slot, 4), ref.to(torch.float32))
+
+
+def test_codes16_bytes_twin_is_16_times_the_codes(gen):
+    """The gemm operand of prefixquant: two LOP3 per word give 16 * the codes as int8 bytes, in K order after the
+    even / odd interleave (the torch twin of _k_major_codes16's inline asm; its GPU run is checked by the kernels
+    below). Every nibble value in every slot, and random words."""
+    words = torch.cat([torch.randint(-2 ** 31, 2 ** 31, (4096,), generator=gen, dtype=torch.int64).to(torch.int32),
+                       (torch.arange(16, dtype=torch.int64) * 0x11111111).to(torch.int32)])
+    ref = torch.stack([sign_extend((words.to(torch.int64) >> (4 * j)) & 15, 4) for j in range(8)], dim=-1) * 16
+    assert torch.equal(codes16_bytes(words).to(torch.int64), ref)
+
+
+def test_gemm_folds_the_code_unit_into_the_activation_scale():
+    """The int32 accumulator of prefixquant's gemm counts 16 * codes: the kernel scales it back by 2**-4 (exact) in
+    the activation scale, in the gemm family only (the gemv family decodes plain codes)."""
+    spec = ir.get_format("prefixquant_w4a4")
+    gemm = render_triton(lower(spec, 128, N, K, CONFIGS[128][1], "sm90", family="gemm"))
+    gemv = render_triton(lower(spec, 1, N, K, CONFIGS[1][1], "sm90", family="gemv"))
+    call = "return tl.trans(_k_major_codes16("
+    assert "act_scale = tl.load(act_scale_ptr) * 0.0625\n" in gemm and call in gemm
+    assert "act_scale = tl.load(act_scale_ptr)\n" in gemv and call not in gemv
 
 
 def test_int8_to_float_bits_is_exact():

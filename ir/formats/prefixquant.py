@@ -108,6 +108,16 @@ def fields_as_float(words: torch.Tensor, slot: torch.Tensor | int, bits: int) ->
     return (u | 0x4B000000).view(torch.float32) - (8388608.0 + half)
 
 
+def codes16_bytes(words: torch.Tensor) -> torch.Tensor:
+    """16 * the 8 int4 codes of each LSB-first int32 word, as int8 in field order [..., 8] (twin of the gemm
+    kernel's _k_major_codes16): a nibble at the top of its byte reads as the signed int8 16 * q, so
+    (w << 4) & 0xF0F0F0F0 holds fields 0, 2, 4, 6 in its bytes 0..3 and w & 0xF0F0F0F0 fields 1, 3, 5, 7."""
+    w = words.to(torch.int64)
+    even = (((w << 4) & 0xF0F0F0F0).to(torch.int32)).contiguous().view(torch.int8).reshape(*words.shape, 4)
+    odd = ((w & 0xF0F0F0F0).to(torch.int32)).contiguous().view(torch.int8).reshape(*words.shape, 4)
+    return torch.stack((even, odd), dim=-1).reshape(*words.shape, 8)   # [.., j, h]: field 2j + h
+
+
 def weight_codes(W: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
     """int4 codes (int64 in [-8, 7]) of W [N, K] with per-row scales [N]."""
     return torch.round(W / weight_scale.float()[:, None]).clamp(QMIN, QMAX).to(torch.int64)
