@@ -68,6 +68,15 @@ def test_shared_memory_depends_on_the_arch():
         block_m=128, block_n=128, block_k=64, num_warps=8))
 
 
+def test_register_budget_counts_int8_operands_by_their_bytes():
+    """The gemm family's int8 / fp8 operand tiles hold 4 elements per register where fp16 holds 2: the W4A4 tile
+    128x128x256 on 8 warps (231 registers measured, no spills) is kept for prefixquant, refused for gptq."""
+    cfg = KernelConfig(block_m=128, block_n=128, block_k=256, split_k=2, num_warps=8, num_stages=3)
+    assert live_values_per_thread("gemm", cfg, 1) == 192 and live_values_per_thread("gemm", cfg) == 320
+    assert reject_reason(ir.get_format("prefixquant_w4a4"), SM90, "gemm", 128, 8192, 28672, cfg) is None
+    assert reject_reason(ir.get_format("gptq"), SM90, "gemm", 128, 8192, 28672, cfg).startswith("register budget:")
+
+
 PROBLEMS = [("gptq", 1, 4096, 4096), ("awq", 16, 4096, 4096), ("gguf_q4_0", 4, 8192, 28672),
             ("bnb_nf4", 128, 4096, 4096), ("gguf_q4_k", 2, 4096, 4096), ("prefixquant_w4a4", 32, 4096, 4096)]
 
