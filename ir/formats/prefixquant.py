@@ -111,7 +111,9 @@ def fields_as_float(words: torch.Tensor, slot: torch.Tensor | int, bits: int) ->
 def codes16_bytes(words: torch.Tensor) -> torch.Tensor:
     """16 * the 8 int4 codes of each LSB-first int32 word, as int8 in field order [..., 8] (twin of the gemm
     kernel's _k_major_codes16): a nibble at the top of its byte reads as the signed int8 16 * q, so
-    (w << 4) & 0xF0F0F0F0 holds fields 0, 2, 4, 6 in its bytes 0..3 and w & 0xF0F0F0F0 fields 1, 3, 5, 7."""
+    (w << 4) & 0xF0F0F0F0 holds fields 0, 2, 4, 6 in its bytes 0..3 and w & 0xF0F0F0F0 fields 1, 3, 5, 7. The
+    kernel's int32 accumulator then sums 16 * q * x_code, at most 128 * 8 per product for int4 activation codes:
+    no overflow below K = 2**21."""
     w = words.to(torch.int64)
     even = (((w << 4) & 0xF0F0F0F0).to(torch.int32)).contiguous().view(torch.int8).reshape(*words.shape, 4)
     odd = ((w & 0xF0F0F0F0).to(torch.int32)).contiguous().view(torch.int8).reshape(*words.shape, 4)
