@@ -3,8 +3,9 @@
 decode_tile_fast returns, in the gemm family, the weight codes in the MMA operand dtype (int8 / float8e4nv),
 so the tile is a plain load (w8a8) or two LOP3 per 8 codes (prefixquant: 16 * the codes) with no convert per
 weight; in the gemv family it returns exact fp32 values by the exponent trick. Checked here: the pure-torch twins
-of those helpers bit for bit, and the generated kernels against ir.reference at tile shapes that exercise the K and N tails
-(several K tiles, split-K, N not a multiple of the tile), M from 1 to 128, fp16 and bf16, NaN-prefilled outputs.
+of those helpers bit for bit, and the generated kernels against ir.reference at tile shapes that exercise the K
+and N tails (several K tiles, split-K, N not a multiple of the tile), M from 1 to 128, fp16 and bf16, NaN-prefilled
+outputs.
 fp8 under the interpreter: see tests/test_triton_scalar_seeds.py (activations whose x / act_scale are e4m3)."""
 import pytest
 import torch
