@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import struct
 from pathlib import Path
 
 import jinja2
@@ -27,6 +28,7 @@ def environment() -> jinja2.Environment:
         extensions=["jinja2.ext.do"],
     )
     env.filters["pyrepr"] = repr
+    env.filters["f16x2"] = f16x2
     from ir.bitpack import part_place, part_position   # render-time placement shared with the torch twin
     env.globals.update(part_place=part_place, part_position=part_position, stream_hint=stream_hint,
                        config_error=config_error)
@@ -37,6 +39,14 @@ def stream_hint(plan) -> str:
     """Extra tl.load arguments for the loads of a weight stream (the packed codes, read once per call): the
     config's cache policy, or '' at the default (so kernels tuned before the option render unchanged)."""
     return ', eviction_policy="evict_first"' if plan.config.evict_first else ""
+
+
+def f16x2(value: float) -> str:
+    """The PTX immediate (hex) of an int32 holding fp16(value) in both halves; value must be exact in fp16."""
+    h = struct.unpack("<H", struct.pack("<e", value))[0]
+    if struct.unpack("<e", struct.pack("<H", h))[0] != value:
+        raise TemplateError(f"f16x2: {value!r} is not exact in float16")
+    return "0x%04X%04X" % (h, h)
 
 
 def config_error(message: str):

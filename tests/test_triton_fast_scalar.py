@@ -137,3 +137,48 @@ def test_fast_paths_only_where_they_apply():
     assert not has("eqat", dict(bits=3, group_size=96), "decode_tile_fast")
     assert has("eqat", dict(bits=3, group_size=128), "decode_parts_fast")
     assert not has("ccq_wint2_5", dict(), "decode_tile_fast", block_k=32)  # tiles of whole 64-row groups only
+
+
+HALF_DOT = [
+    ("ccq_wint2", dict()),                                   # affine map, (6, 4, 3): two shift groups
+    ("ccq", dict(code_map="table")),                          # table map: code words looked up
+    ("ccq", dict(L=4, N=4, S=2, clustered=False)),            # identity map, int16 container
+    ("ccq", dict(L=5, N=2, S=4, group_size=32)),              # seq_len 2 (4 K indices per word)
+    ("ccq", dict(L=4, N=8, S=1)),                             # seq_len 8 (16 per word, joined x pairs)
+]
+
+
+@pytest.mark.parametrize("fmt, options", HALF_DOT)
+def test_ccq_half_dot(fmt, options, gen):
+    """CCQ's half_dot (two code words per int32, fp16 pair products, the affine map's floor by add.rm on the GPU):
+    against the reference with and without the register prefetch and split-K, fp16 and bf16 x, and fp16's largest
+    activations (the 2**-S scale keeps every fp16 lane sum finite)."""
+    qt = _quantized(fmt, 40, 384, **options)
+    for ns, sk in ((1, 1), (2, 3)):
+        cfg = ir.KernelConfig(block_m=1, block_n=32, block_k=32, split_k=sk, num_warps=4, num_stages=ns, half_dot=True)
+        mod = kernel_module(qt.spec, "gemv", 1, 40, 384, cfg)
+        assert "t = part_dot(q, z, " in open(mod.__file__).read()
+        for dtype in (torch.float16, torch.bfloat16):
+            err = check_kernel(mod, qt, 1, dtype, gen, bias=True, device=DEVICE)
+            assert err < REL_TOL[dtype], f"{fmt} {options} {cfg.label} {dtype}: rel err {err:.2e}"
+    x = torch.randn(1, 384, generator=gen)
+    x[0, :16] = 65504.0
+    err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=x)
+    assert err < REL_TOL[torch.float16], f"{fmt} {options} outliers: rel err {err:.2e}"
+
+
+def test_ccq_half_dot_decodes_exactly():
+    """With one-hot rows of x every fp16 product and lane sum of half_dot is exact, so y = W^T bit for bit: the add.rm
+    floor of the affine map (on the GPU), including ties and negative codes, and the fields' bit positions."""
+    qt = _quantized("ccq_wint2", 48, 256)
+    t = dict(qt.tensors)
+    N = qt.shape[0]
+    t["weight"] = torch.arange(t["weight"].numel(), dtype=torch.int64).reshape(t["weight"].shape).remainder(256).to(torch.uint8)
+    t["code_scale"] = torch.tensor([0.5, 0.25, 1.0, 3.0] * (N // 4), dtype=torch.float32)
+    t["code_zp"] = torch.tensor([0.0, -40.25, 0.5, -3.0] * (N // 4), dtype=torch.float32)
+    for q in (qt, QuantizedTensor(qt.spec, qt.shape, t)):
+        cfg = ir.KernelConfig(block_m=1, block_n=16, block_k=64, split_k=1, num_warps=4, num_stages=2, half_dot=True)
+        mod = kernel_module(q.spec, "gemv", 1, 48, 256, cfg)
+        x = torch.eye(256, dtype=torch.float16, device=DEVICE)
+        y = mod.run(x, {k: v.to(DEVICE) for k, v in q.tensors.items()}, 48)
+        assert torch.equal(y.cpu().float(), ir.dequantize(q).t().to(torch.float16).float())

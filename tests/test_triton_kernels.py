@@ -187,10 +187,11 @@ def test_gemm_register_prefetch(name, split_k, quantized, gen):
         kernel_module(qt.spec, "gemv", 1, N, K, ir.KernelConfig(block_m=1, reg_prefetch=True))
 
 
-@pytest.mark.parametrize("name", ["bnb_nf4", "bnb_fp4", "gptq", "int4_g128_sym", "eqat_w2g128", "int2_g64_asym"])
+@pytest.mark.parametrize("name", ["bnb_nf4", "bnb_fp4", "gptq", "int4_g128_sym", "eqat_w2g128", "int2_g64_asym",
+                                  "ccq_wint2"])
 @pytest.mark.parametrize("num_stages,split_k", [(1, 1), (2, 3)])
 def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
-    """half_dot on the M=1 paths (bnb's table, packed 2- and 4-bit ints with zero points): each word's products two per
+    """half_dot on the M=1 paths (bnb's table, packed 2- and 4-bit ints with zero points, CCQ's code words): each word's products two per
     instruction in fp16, scaled by 1 / PART_DOT_SCALE, with and without the register prefetch (num_stages 2), split-K slices of unequal length, fp16
     and bf16 x (bf16: exact fp32 products), outlier activations up to fp16's largest value (the scale keeps every fp16
     sum finite), x at an odd element offset (read as int32 pairs after a copy) and three rows of x."""
