@@ -169,16 +169,16 @@ def test_ccq_half_dot(fmt, options, gen):
 
 def test_ccq_half_dot_decodes_exactly():
     """With one-hot rows of x every fp16 product and lane sum of half_dot is exact, so y = W^T bit for bit: the add.rm
-    floor of the affine map (on the GPU), including ties and negative codes, and the fields' bit positions."""
-    qt = _quantized("ccq_wint2", 48, 256)
+    floor of the affine map (on the GPU) over every cluster index, with ties and negative codes, and the fields' bit
+    positions in both halves of the word."""
+    qt = _quantized("ccq_wint2", 16, 128)
     t = dict(qt.tensors)
-    N = qt.shape[0]
+    N, K = qt.shape
     t["weight"] = torch.arange(t["weight"].numel(), dtype=torch.int64).reshape(t["weight"].shape).remainder(256).to(torch.uint8)
     t["code_scale"] = torch.tensor([0.5, 0.25, 1.0, 3.0] * (N // 4), dtype=torch.float32)
     t["code_zp"] = torch.tensor([0.0, -40.25, 0.5, -3.0] * (N // 4), dtype=torch.float32)
-    for q in (qt, QuantizedTensor(qt.spec, qt.shape, t)):
-        cfg = ir.KernelConfig(block_m=1, block_n=16, block_k=64, split_k=1, num_warps=4, num_stages=2, half_dot=True)
-        mod = kernel_module(q.spec, "gemv", 1, 48, 256, cfg)
-        x = torch.eye(256, dtype=torch.float16, device=DEVICE)
-        y = mod.run(x, {k: v.to(DEVICE) for k, v in q.tensors.items()}, 48)
-        assert torch.equal(y.cpu().float(), ir.dequantize(q).t().to(torch.float16).float())
+    q = QuantizedTensor(qt.spec, qt.shape, t)
+    cfg = ir.KernelConfig(block_m=1, block_n=16, block_k=64, split_k=1, num_warps=4, num_stages=2, half_dot=True)
+    mod = kernel_module(q.spec, "gemv", 1, N, K, cfg)
+    y = mod.run(torch.eye(K, dtype=torch.float16, device=DEVICE), {k: v.to(DEVICE) for k, v in t.items()}, N)
+    assert torch.equal(y.cpu().float(), ir.dequantize(q).t().to(torch.float16).float())
