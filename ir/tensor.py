@@ -39,7 +39,8 @@ class QuantizedTensor:
 
 
 def validate_tensors(spec: FormatSpec, shape: tuple[int, int], tensors: dict[str, torch.Tensor]) -> None:
-    """Check names, shapes and dtypes against the spec's tensor schema; raise SpecError naming the problem."""
+    """Check names, shapes and dtypes against the spec's tensor schema, and the value ranges the format's codec checks
+    (`check_values`, optional: small tensors such as CCQ's code map); raise SpecError naming the problem."""
     if len(shape) != 2:
         raise SpecError(f"{spec.name}: shape {shape} is invalid; expected (N, K)")
     N, K = shape
@@ -56,6 +57,9 @@ def validate_tensors(spec: FormatSpec, shape: tuple[int, int], tensors: dict[str
         if tuple(t.shape) != want_shape or t.dtype != torch_dtype(want_dtype):
             raise SpecError(f"{spec.name}: tensor {name!r} has shape {tuple(t.shape)} dtype {t.dtype}; "
                             f"expected shape {want_shape} dtype torch.{want_dtype} for N={N}, K={K}")
+    check_values = getattr(get_codec(spec), "check_values", None)   # value ranges a codec can check cheaply
+    if check_values is not None:
+        check_values(spec, tensors)
 
 
 def _check_weight(spec: FormatSpec, W: Any) -> None:

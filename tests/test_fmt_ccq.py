@@ -277,3 +277,25 @@ def test_invalid_shapes_and_tensors(gen):
         ir.QuantizedTensor(spec, (8, 256), t)
     with pytest.raises(ir.SpecError, match="calibration"):
         ir.quantize(spec, torch.randn(8, 256, generator=gen), act_absmax=torch.ones(256))
+
+
+def test_code_map_out_of_range_is_refused(gen):
+    """An affine code map that sends a cluster index to a code word outside [-2**21, 2**21) (where the generated fast
+    decodes would be wrong; the reference reads any int32 word) is refused by name, as is a non-finite one; negative
+    words and words past 2**15 inside the range stay valid."""
+    spec = ir.get_format("ccq_wint2")
+    t = _random_wint2(gen, 8, 256)
+    ir.QuantizedTensor(spec, (8, 256), dict(t, code_zp=t["code_zp"] - 40.25))   # negative words at small z
+    ir.QuantizedTensor(spec, (8, 256), dict(t, code_scale=t["code_scale"] * 0 + 8000.0))   # 2.04e6 < 2**21 at z = 255
+    bad = dict(t, code_zp=t["code_zp"].clone())
+    bad["code_zp"][5] = 1e7
+    with pytest.raises(ir.SpecError, match=r"column 5 .* cluster index 0 to code word 10000000; expected code words in"):
+        ir.QuantizedTensor(spec, (8, 256), bad)
+    big = dict(t, code_scale=t["code_scale"].clone())
+    big["code_scale"][3] = -9000.0
+    with pytest.raises(ir.SpecError, match="column 3 .* cluster index 255 to code word -2"):
+        ir.QuantizedTensor(spec, (8, 256), big)
+    nan = dict(t, code_scale=t["code_scale"].clone())
+    nan["code_scale"][2] = float("nan")
+    with pytest.raises(ir.SpecError, match="column 2 .* expected finite"):
+        ir.QuantizedTensor(spec, (8, 256), nan)

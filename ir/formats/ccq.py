@@ -471,8 +471,36 @@ def _encode_w25(spec: FormatSpec, W: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"weight": _store_w25(loc, words), "super_scale": sup}
 
 
+AFFINE_CODE_LIMIT = 1 << 21   # |code word| bound under which every generated decode of the affine map is exact
+
+
+def check_code_map(spec: FormatSpec, tensors: dict) -> None:
+    """Raise SpecError unless the affine code map is finite and sends every cluster index to a code word in
+    [-2**21, 2**21). The reference (FastDeploy's CUDA kernel) keeps the word as int32 and reads only its windows, so
+    words past 2**C are legal; the generated kernels' fast decodes take the word's low bits from a float32 sum and
+    are exact only inside that range, which no sane map leaves (a 15-bit code's map stays near [0, 2**15))."""
+    if spec.packing.layout != "ccq_cluster" or not spec.param("clustered") or spec.param("code_map") != "affine":
+        return
+    cs, cz = tensors["code_scale"], tensors["code_zp"]
+    finite = torch.isfinite(cs) & torch.isfinite(cz)
+    if not bool(finite.all()):
+        n = int((~finite).nonzero()[0, 0])
+        raise SpecError(f"{spec.name}: code_scale / code_zp of column {n} are {float(cs[n])} / {float(cz[n])}; "
+                        f"expected finite float32 values")
+    ends = affine_round_code(torch.tensor([[0.0], [255.0]], device=cs.device), cs.unsqueeze(0), cz.unsqueeze(0))
+    bad = ((ends < -AFFINE_CODE_LIMIT) | (ends >= AFFINE_CODE_LIMIT)).nonzero()   # monotone in z: the ends bound it
+    if len(bad):
+        z, n = int(bad[0, 0]) * 255, int(bad[0, 1])
+        raise SpecError(f"{spec.name}: code_scale / code_zp of column {n} ({float(cs[n])}, {float(cz[n])}) map cluster "
+                        f"index {z} to code word {int(ends[bad[0, 0], n])}; expected code words in [-2**21, 2**21) "
+                        f"(a {spec.param('code_bits')}-bit code: a corrupt or mismatched checkpoint?)")
+
+
 class CcqCodec:
     """Reference codec for the CCQ family (layouts ccq_cluster and ccq_wint2_5)."""
+
+    def check_values(self, spec: FormatSpec, tensors: dict[str, torch.Tensor]) -> None:
+        check_code_map(spec, tensors)
 
     def quantize(self, spec: FormatSpec, W: torch.Tensor, **calib) -> dict[str, torch.Tensor]:
         if calib:
