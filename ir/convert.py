@@ -3,7 +3,8 @@
 Some checkpoint layouts hold exactly what another format holds, only packed differently: AutoAWQ GEMM int4 (codes
 and zero points packed along N in an interleaved nibble order) carries the same integer codes, zero points and fp16
 scales as a GPTQ v2 int4 checkpoint (codes packed along K, zero points as stored), and both dequantize as
-fp16(s * (q - z)). Repacking such a weight once, at load time, lets it run on the other format's kernels; the
+fp16(s * (q - z)); GGUF Q4_0 blocks hold int4 codes of 32-weight groups with a zero point of 8 and an fp16 scale,
+which GPTQ v2 int4 group 32 holds too (dequantized in float32, as Q4_0 is). Repacking such a weight once, at load time, lets it run on the other format's kernels; the
 dequantized weight is bit-for-bit the same (tests/test_convert.py checks it for every converter).
 
     convert(qt, "int4_g128_asym")   # a QuantizedTensor in the target format, same dequantized weight
@@ -34,11 +35,37 @@ def _awq_to_gptq_v2(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, tor
 _CONVERTERS[("awq", "gptq")] = _awq_to_gptq_v2
 
 
+def _gguf_q4_0_to_gptq(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, torch.Tensor]:
+    """GGUF Q4_0 blocks {fp16 d; 16 bytes, element j in the low nibble of byte j and j + 16 in the high one} ->
+    GPTQ v2 int4 group 32: the same codes packed along K, zero points 8, scales d."""
+    from .formats.gguf import read_f16
+    from .formats.gptq_pack import gptq_pack_codes, gptq_pack_zeros
+    b = t["blocks"].reshape(N, K // 32, 18)
+    qs = b[:, :, 2:].to(torch.int64)
+    codes = torch.cat([qs & 0xF, qs >> 4], dim=2).reshape(N, K)           # [N, K]
+    d = read_f16(b[:, :, :2].reshape(-1, 2)).reshape(N, K // 32)           # fp16 values as float32
+    return {"qweight": gptq_pack_codes(codes.t().contiguous(), 4).to(torch.int32),
+            "qzeros": gptq_pack_zeros(torch.full((K // 32, N), 8, dtype=torch.int64), 4, 0).to(torch.int32),
+            "scales": d.t().contiguous().to(torch.float16)}
+
+
+_CONVERTERS[("gguf", "gptq")] = _gguf_q4_0_to_gptq
+
+
 def _compatible(src: FormatSpec, dst: FormatSpec) -> str | None:
     """Why `src` cannot be converted to `dst` exactly, or None when it can."""
     if (src.family, dst.family) not in _CONVERTERS:
         known = ", ".join(f"{a} -> {b}" for a, b in _CONVERTERS)
         return f"no exact conversion from the {src.family} family to the {dst.family} family (known: {known})"
+    if (src.family, dst.family) == ("gguf", "gptq"):
+        if src.name != "gguf_q4_0":
+            return f"only GGUF Q4_0 has an exact GPTQ layout ({src.name} has other block fields)"
+        want = {"bits": 4, "group_size": 32, "desc_act": False, "checkpoint": "v2"}
+        got = {k: dst.param(k) for k in want}
+        if got != want or dst.decode.param("compute_dtype") != "float32":
+            return (f"{dst.name} must be a gptq-family format with {want} and compute_dtype 'float32' (Q4_0 "
+                    f"dequantizes in float32) to hold a Q4_0 weight exactly, but has {got} and compute_dtype "
+                    f"{dst.decode.param('compute_dtype')!r}")
     if (src.family, dst.family) == ("awq", "gptq"):
         want = {"bits": src.param("bits"), "group_size": src.param("group_size"), "sym": False, "desc_act": False,
                 "checkpoint": "v2"}
@@ -57,6 +84,7 @@ def convert(qt: QuantizedTensor, target: FormatSpec | str) -> QuantizedTensor:
     if why:
         raise SpecError(f"cannot convert {qt.spec.name} to {dst.name}: {why}")
     N, K = qt.shape
+    dst.check_shape(N, K)
     device = next(iter(qt.tensors.values())).device
     cpu = {k: v.cpu() for k, v in qt.tensors.items()}
     out = _CONVERTERS[(qt.spec.family, dst.family)](cpu, N, K)
@@ -68,6 +96,8 @@ def repack_target(spec: FormatSpec) -> FormatSpec | None:
     GPTQ v2 with the same group size (int4_g128_asym for group 128, the preset the tuning databases cover): on the
     H100 its kernels are 1.14-2.58x faster than AWQ's in all 72 (shape, M bucket) cases both have tuned
     entries for (autotune/db, session 6)."""
+    if spec.name == "gguf_q4_0":   # GPTQ v2 int4 group 32, fp32 dequant: the int4 kernels (half_dot at M=1)
+        return get_format("int4_g32_sym_f32")
     if spec.family == "awq" and spec.param("bits") == 4:
         g = spec.param("group_size")
         dst = get_format("int4_g128_asym") if g == 128 else get_format("gptq", checkpoint="v2", group_size=g,

@@ -25,6 +25,7 @@ ROUND_TRIP = [
     ("eqat", dict(bits=2)), ("eqat", dict(bits=3)), ("eqat", dict(bits=4, group_size=-1)), ("eqat", dict(bits=8)),
     ("int4_g128_asym", {}), ("int4_g128_sym", {}), ("int3_g128_asym", {}), ("int2_g64_asym", {}),
     ("int2_g128_asym", {}), ("eqat_w2g64", {}), ("eqat_w2g128", {}), ("eqat_w3g128", {}), ("eqat_w4g128", {}),
+    ("int4_g32_sym_f32", {}), ("gptq", dict(group_size=64, compute_dtype="float32")),
 ]
 ASYM = [(n, o) for n, o in ROUND_TRIP if not get_format(n, **o).param("sym") and not o.get("desc_act")]
 
@@ -50,7 +51,7 @@ def rtn_bound(spec, tensors, Wq):
 # -- registry, options, spec -------------------------------------------------------------------
 def test_all_formats_registered():
     names = {"gptq", "autoround", "awq", "eqat", "int4_g128_asym", "int4_g128_sym", "int3_g128_asym",
-             "int2_g64_asym", "int2_g128_asym", "eqat_w2g64", "eqat_w2g128", "eqat_w3g128", "eqat_w4g128"}
+             "int4_g32_sym_f32", "int2_g64_asym", "int2_g128_asym", "eqat_w2g64", "eqat_w2g128", "eqat_w3g128", "eqat_w4g128"}
     assert names <= set(ir.list_formats())
     for n in names:
         assert ir.format_summary(n)

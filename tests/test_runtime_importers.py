@@ -57,7 +57,7 @@ def gguf_file(tmp_path_factory):
 
 def test_gguf_file_layers_decode_like_gguf_py(gguf_file):
     path, data, bf = gguf_file
-    imp = from_gguf_file(path, on_unsupported="skip")
+    imp = from_gguf_file(path, on_unsupported="skip", repack=False)
     assert sorted(imp.layers) == ["blk.0.attn_k", "blk.0.attn_q", "blk.0.ffn_down", "blk.0.ffn_up"]
     reader = gguf.GGUFReader(str(path))
     for t in reader.tensors:
@@ -74,6 +74,19 @@ def test_gguf_file_layers_decode_like_gguf_py(gguf_file):
     embd = imp.tensors["token_embd.weight"]
     assert embd.dtype == torch.float16 and embd.shape == (10, 64)
     assert list(imp.skipped) == ["output.weight"] and "Q6_K is not supported" in imp.skipped["output.weight"]
+
+
+def test_gguf_q4_0_layers_repack_into_gptq_exactly(gguf_file):
+    """By default Q4_0 layers come back as GPTQ v2 int4 group 32 with float32 dequant (the int4 kernels): the same
+    weight as gguf-py decodes, bit for bit; the other types keep their GGUF blocks."""
+    path, data, _ = gguf_file
+    imp = from_gguf_file(path, on_unsupported="skip")
+    qt = imp.layers["blk.0.attn_q"]
+    assert qt.spec.family == "gptq" and qt.spec.param("group_size") == 32 and qt.spec.decode.param("compute_dtype") == "float32"
+    arr, t = data["blk.0.attn_q.weight"]
+    origin = torch.from_numpy(gguf.quants.dequantize(arr, t).astype(np.float32))
+    assert torch.equal(ir.dequantize(qt), origin)
+    assert imp.layers["blk.0.attn_k"].spec.name == "gguf_q8_0"
 
 
 def test_gguf_unsupported_types_are_refused_clearly(gguf_file):
@@ -99,7 +112,7 @@ def test_gguf_raw_bytes_and_apply(gguf_file):
     arr = data["blk.0.attn_q.weight"][0]
     qt = from_gguf(arr.tobytes(), 2, (16, 64))                 # bytes and the numeric type id
     assert torch.equal(qt.tensors["blocks"], torch.from_numpy(arr))
-    imp = from_gguf_file(path, on_unsupported="skip")
+    imp = from_gguf_file(path, on_unsupported="skip", repack=False)
     for name in ("blk.0.attn_k", "blk.0.ffn_up", "blk.0.ffn_down"):
         del imp.layers[name]
     imp.tensors = {"blk.0.attn_norm.weight": imp.tensors["blk.0.attn_norm.weight"]}

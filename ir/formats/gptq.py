@@ -27,6 +27,8 @@ GPTQ_BITS = (2, 3, 4, 8)
 CHECKPOINTS = ("v1", "v2")
 GROUPS = "K//group_size if group_size > 0 else 1"  # shape expression: number of groups along K
 FORMULA = "W[o,i] = fp16(scales[g,o] * (q[i,o] - z[g,o])), g = group of input column i"
+FORMULA_F32 = "W[o,i] = float32(scales[g,o]) * (q[i,o] - z[g,o]) (exact), g = group of input column i"
+COMPUTE_DTYPES = ("float16", "float32")
 
 
 # -- option checks ---------------------------------------------------------------------------
@@ -54,8 +56,10 @@ def _group_multiple(group_size: int) -> int:
 
 
 # -- GPTQ / AutoRound --------------------------------------------------------------------------
-def _gptq_spec(name: str, bits: int, group_size: int, sym: bool, desc_act: bool, checkpoint: str) -> FormatSpec:
+def _gptq_spec(name: str, bits: int, group_size: int, sym: bool, desc_act: bool, checkpoint: str,
+               compute_dtype: str = "float16") -> FormatSpec:
     _check_choice(name, "bits", bits, GPTQ_BITS)
+    _check_choice(name, "compute_dtype", compute_dtype, COMPUTE_DTYPES)
     _check_group_size(name, group_size)
     _check_choice(name, "sym", sym, (False, True))
     _check_choice(name, "desc_act", desc_act, (False, True))
@@ -71,8 +75,8 @@ def _gptq_spec(name: str, bits: int, group_size: int, sym: bool, desc_act: bool,
         TensorField("g_idx", "int32", ("K",), "meta", optional=not desc_act),
     )
     decode = Decode(kind="affine", bits=bits, signed=False, params=(
-        ("compute_dtype", "float16"),
-        ("formula", FORMULA),
+        ("compute_dtype", compute_dtype),
+        ("formula", FORMULA if compute_dtype == "float16" else FORMULA_F32),
         ("group_index", "g_idx[i]" if desc_act else "i // group_size"),
         ("zero_axis", "N"),
         ("zero_offset", zero_offset),  # z = (stored field + zero_offset) mod 2**bits
@@ -99,15 +103,19 @@ def _gptq_spec(name: str, bits: int, group_size: int, sym: bool, desc_act: bool,
         n_multiple=word_fields,
         description=(f"{name}: GPTQ {bits}-bit, {'per-channel' if group_size == -1 else f'group {group_size}'}, "
                      f"{'sym' if sym else 'asym'}, desc_act={desc_act}, checkpoint {checkpoint} "
+                     f"{'' if compute_dtype == 'float16' else '(dequantized exactly in float32: GGUF Q4_0 repacked) '}"
                      f"(zero points stored {'minus one' if zero_offset else 'as is'}); qweight is {layout} "
                      f"along K, qzeros the same along N"),
     )
 
 
 def build_gptq(bits: int = 4, group_size: int = 128, sym: bool = False, desc_act: bool = False,
-               checkpoint: str = "v1") -> FormatSpec:
-    """GPTQ / GPTQModel int2/3/4/8 groups: int32 qweight LSB-first along K, packed qzeros, fp16 scales, g_idx."""
-    return _gptq_spec("gptq", bits, group_size, sym, desc_act, checkpoint)
+               checkpoint: str = "v1", compute_dtype: str = "float16") -> FormatSpec:
+    """GPTQ / GPTQModel int2/3/4/8 groups: int32 qweight LSB-first along K, packed qzeros, fp16 scales, g_idx.
+
+    compute_dtype "float32" dequantizes s * (q - z) exactly in float32 instead of rounding it to fp16: the layout
+    GGUF Q4_0 (y = d * (q - 8), fp32) repacks into exactly (ir.convert); GPTQ checkpoints themselves are fp16."""
+    return _gptq_spec("gptq", bits, group_size, sym, desc_act, checkpoint, compute_dtype)
 
 
 def build_autoround(bits: int = 4, group_size: int = 128, sym: bool = True) -> FormatSpec:
@@ -196,6 +204,8 @@ class GptqCodec:
         g_idx = _g_idx(spec, tensors, K)
         q = gptq_unpack_codes(tensors["qweight"], bits, K)
         z = gptq_unpack_zeros(tensors["qzeros"], bits, N, spec.decode.param("zero_offset"))
+        if spec.decode.param("compute_dtype") == "float32":   # exact: 11-bit scale times a code difference <= 255
+            return (tensors["scales"][g_idx].float() * (q - z[g_idx]).float()).t().contiguous()
         return affine_dequant_fp16(q, z[g_idx], tensors["scales"][g_idx]).float().t().contiguous()
 
 
@@ -325,6 +335,8 @@ PRESETS = {
                        lambda n: _gptq_spec(n, 4, 128, False, False, "v2")),
     "int4_g128_sym": ("int4, group 128, sym: gptq checkpoint v2.",
                       lambda n: _gptq_spec(n, 4, 128, True, False, "v2")),
+    "int4_g32_sym_f32": ("int4, group 32, sym, float32 dequant: gptq checkpoint v2; GGUF Q4_0 repacks into it exactly.",
+                         lambda n: _gptq_spec(n, 4, 32, True, False, "v2", "float32")),
     "int3_g128_asym": ("int3, group 128, asym: gptq checkpoint v2 (3-bit fields straddle words).",
                        lambda n: _gptq_spec(n, 3, 128, False, False, "v2")),
     "int2_g64_asym": ("int2, group 64, asym: gptq checkpoint v2.",

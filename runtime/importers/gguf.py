@@ -2,7 +2,8 @@
 
 GGUF lists a tensor's dims innermost first (ne = [K, N] for a linear weight of torch shape (N, K)); each of
 the N rows is K // block_size blocks back to back, exactly the canonical [N, K // block_size * type_size]
-uint8 layout. Supported GGML types: Q4_0, Q8_0, Q4_K, Q2_K; F32/F16/BF16/F64/I8-I64 tensors (norms,
+uint8 layout (Q4_0 is repacked into GPTQ int4 group 32 by default: see from_gguf_file). Supported GGML types:
+Q4_0, Q8_0, Q4_K, Q2_K; F32/F16/BF16/F64/I8-I64 tensors (norms,
 biases, unquantized layers) come back as plain torch tensors; any other type is refused with the list of
 what is supported (or skipped when asked). Reading needs the `gguf` package (llama.cpp's gguf-py).
 
@@ -17,6 +18,7 @@ import torch
 
 import ir
 from ir import QuantizedTensor, SpecError
+from ir.convert import convert, repack_target
 
 from .common import Imported, claim_biases
 
@@ -78,10 +80,12 @@ def _plain(t, type_name: str, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(data).reshape(shape).to(_PLAIN[type_name])
 
 
-def from_gguf_file(path, on_unsupported: str = "raise") -> Imported:
+def from_gguf_file(path, on_unsupported: str = "raise", repack: bool = True) -> Imported:
     """Every tensor of a GGUF file: quantized 2-D weights of a supported type as layers (named by the tensor
     name without '.weight'), plain tensors in `tensors`. Tensors of other GGML types are refused all at once
-    (on_unsupported='raise') or listed in `skipped` (on_unsupported='skip')."""
+    (on_unsupported='raise') or listed in `skipped` (on_unsupported='skip'). With `repack`, Q4_0 layers whose
+    out_features is a multiple of 8 are repacked once here into GPTQ v2 int4 group 32 with float32 dequant
+    (ir.convert: the same dequantized weight, bit for bit), which runs on the int4 kernels."""
     if on_unsupported not in ("raise", "skip"):
         raise SpecError(f"on_unsupported = {on_unsupported!r} is invalid; expected 'raise' or 'skip'")
     from gguf import GGUFReader
@@ -105,7 +109,11 @@ def from_gguf_file(path, on_unsupported: str = "raise") -> Imported:
         else:
             layer = t.name.removesuffix(".weight")
             try:
-                imp.layers[layer] = from_gguf(t.data, type_name, shape)
+                qt = from_gguf(t.data, type_name, shape)
+                target = repack_target(qt.spec) if repack else None
+                if target is not None and shape[0] % target.n_multiple == 0:
+                    qt = convert(qt, target)
+                imp.layers[layer] = qt
             except SpecError as e:
                 raise SpecError(f"{path}: tensor {t.name!r}: {e}") from e
     if imp.skipped and on_unsupported == "raise":
