@@ -51,7 +51,8 @@ def from_gguf(raw, ggml_type, shape: tuple[int, int]) -> QuantizedTensor:
 
     raw: the tensor's bytes (uint8 torch tensor or numpy array of any shape, or bytes); ggml_type: a
     GGMLQuantizationType, its name ('Q4_K') or id; shape: (N, K) = (out_features, in_features), torch order
-    (GGUF's ne lists it reversed: [K, N])."""
+    (GGUF's ne lists it reversed: [K, N]). The tensor keeps its GGUF blocks; a Q4_0 weight runs faster repacked
+    (`ir.convert.convert(qt, ir.convert.repack_target(qt.spec))`, bit-exact), as from_gguf_file does by default."""
     name = _type_name(ggml_type)
     formats = _formats_by_type()
     if name not in formats:
