@@ -117,7 +117,9 @@ def lower(spec: FormatSpec, M: int, N: int, K: int, config: KernelConfig, arch: 
     a = get_arch(arch)
     check_arch_support(spec, a)
     spec.check_shape(N, K)
-    family = family or kernel_family(M)
+    # a config names its family: gemm tiles (tl.dot) have block_m >= 16, gemv ones <= 4 (the runtime may run bucket
+    # 8's gemm config for M <= 4, where the tuning database timed it faster: runtime.tuning.lookup_config)
+    family = family or ("gemm" if config.block_m >= 16 else kernel_family(M))
     if family not in ("gemv", "gemm"):
         raise SpecError(f"kernel family {family!r} is invalid; expected 'gemv' or 'gemm'")
     if family == "gemm" and (config.block_m < 16 or config.block_n < 16 or config.block_k < 16):

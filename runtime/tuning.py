@@ -109,7 +109,8 @@ _warned: set = set()
 
 def lookup_config(spec: FormatSpec, N: int, K: int, M: int, header: dict, backend: str = "triton",
                   db_dir: Path | None = None) -> Lookup | None:
-    """The tuned config for (spec, backend, N, K, bucket(M)) on the GPU `header` describes, or None."""
+    """The tuned config for (spec, backend, N, K, bucket(M)) on the GPU `header` describes, or None. For the gemv
+    buckets (M <= 4) it is bucket 8's gemm config instead where the database timed that one faster (at M = 8)."""
     entries, stale, note = _load_for(header.get("gpu", ""), json.dumps(header, sort_keys=True), str(db_dir or DB_DIR))
     bucket = m_bucket(M)
     e = entries.get(entry_key(spec.key, backend, N, K, bucket))
@@ -131,7 +132,34 @@ def lookup_config(spec: FormatSpec, N: int, K: int, M: int, header: dict, backen
             _warned.add(note)
             log.warning("quantcc: %s", note)
         return None
+    if bucket <= 4 and backend == "triton":   # gemv buckets: bucket 8's gemm kernel, where the database timed it faster even at M = 8
+        gemm = _gemm_above(entries, spec, backend, N, K, arch, e)
+        if gemm is not None:
+            return Lookup(gemm[0], "db-stale" if stale else "db", gemm[1])
     return Lookup(cfg, "db-stale" if stale else "db", note)
+
+
+GEMM_BUCKET = 8   # the smallest gemm bucket (codegen.arch.kernel_family)
+
+
+def _gemm_above(entries: dict, spec: FormatSpec, backend: str, N: int, K: int, arch: str,
+                gemv: dict) -> tuple[KernelConfig, str] | None:
+    """(bucket 8's gemm config, a note) when its valid entry is faster than the gemv entry `gemv`, else None. A
+    gemm tile of block_m >= 16 reads the same weights and does the same work for 2, 4 or 8 rows, so its time at
+    M = 8 bounds its time at M <= 4; the tuner searches each family within its own buckets."""
+    e8 = entries.get(entry_key(spec.key, backend, N, K, GEMM_BUCKET))
+    if e8 is None or not isinstance(e8.get("us"), (int, float)) or not isinstance(gemv.get("us"), (int, float)):
+        return None
+    if e8["us"] >= gemv["us"]:
+        return None
+    try:
+        cfg8 = KernelConfig(**e8["config"])
+    except (TypeError, ValueError):
+        return None
+    if cfg8.block_m < 16 or not entry_matches_kernel(e8, spec, GEMM_BUCKET, N, K, cfg8, arch):
+        return None
+    return cfg8, (f"bucket {GEMM_BUCKET}'s gemm config {cfg8.label} ({e8['us']:.1f} us at M={GEMM_BUCKET}) is faster "
+                  f"than this bucket's gemv entry ({gemv['us']:.1f} us)")
 
 
 @dataclass(frozen=True)

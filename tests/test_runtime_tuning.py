@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import ir
 from codegen.env import kernel_template_hash, template_hash
@@ -90,3 +91,36 @@ def test_shipped_entries_of_transform_formats_match_the_current_kernels():
         assert e["kernel_hash"] == tuned_kernel_hash(spec, int(bucket), int(N), int(K), cfg, data["header"]["arch"]), key
         checked += 1
     assert checked >= 16
+
+
+@pytest.mark.parametrize("us8, uses_gemm", [(80.0, True), (120.0, False)])
+def test_gemv_buckets_take_bucket_8s_gemm_config_where_it_timed_faster(tmp_path, us8, uses_gemm, gen):
+    """For M <= 4 the lookup returns bucket 8's gemm config when the database timed it faster (at M = 8) than the
+    bucket's own gemv entry; the kernel built from it is the gemm family's and is correct at M = 3."""
+    spec = ir.get_format("int4_g128_asym")
+    N, K = 64, 256
+    gemv = KernelConfig(block_m=4, block_n=32, block_k=128, split_k=1, num_warps=4, num_stages=1)
+    gemm = KernelConfig(block_m=16, block_n=32, block_k=64, split_k=2, num_warps=4, num_stages=2)
+    entries = {tuning.entry_key(spec.key, "triton", N, K, 4): {
+                   "format": spec.name, "config": gemv.to_dict(), "us": 100.0,
+                   "kernel_hash": tuned_kernel_hash(spec, 4, N, K, gemv, "sm90")},
+               tuning.entry_key(spec.key, "triton", N, K, 8): {
+                   "format": spec.name, "config": gemm.to_dict(), "us": us8,
+                   "kernel_hash": tuned_kernel_hash(spec, 8, N, K, gemm, "sm90")}}
+    (tmp_path / f"{tuning.gpu_slug(HEADER['gpu'])}.json").write_text(
+        json.dumps({"schema": tuning.SCHEMA, "header": HEADER, "entries": entries}))
+    tuning._load_for.cache_clear()
+    got = tuning.lookup_config(spec, N, K, 3, HEADER, db_dir=tmp_path)
+    assert got.config == (gemm if uses_gemm else gemv)
+    assert ("bucket 8's gemm config" in got.note) == uses_gemm
+    assert tuning.lookup_config(spec, N, K, 8, HEADER, db_dir=tmp_path).config == gemm
+    if uses_gemm:
+        import sys
+        sys.path.insert(0, str(Path(__file__).parent))
+        from kernel_harness import REL_TOL, check_kernel
+        from runtime.kernels import get_kernel
+        from ir.synthetic import synthetic_quantized
+        mod = get_kernel(spec, 4, N, K, "sm90", got.config)      # no family given: the config's block_m says gemm
+        assert "tl.dot(" in Path(mod.__file__).read_text()
+        qt = ir.quantize(spec, torch.randn(N, K, generator=torch.Generator().manual_seed(0)) * 0.05)
+        assert check_kernel(mod, qt, 3, torch.float16, gen, bias=True) < REL_TOL[torch.float16]
