@@ -4,7 +4,8 @@ M is bucketed by `runtime.tuning.m_bucket`, the one documented function: the sma
 1, 2, 4, 8, 16, 32, 64, 128, 256 that is >= M, and 512 for every M > 256. A bucket is tuned at
 M = the bucket value (the largest M it holds; 512 stands for "large"), with the kernel family
 `codegen.arch.kernel_family(bucket)`: gemv (broadcast-multiply-reduce, block_m 1..4 rows) up to
-M = 4, gemm (tl.dot) above. The runtime dispatches every M of a bucket to the bucket's entry.
+M = 4, gemm (tl.dot) above. The runtime dispatches every M of a bucket to the bucket's entry, except that for
+M <= 4 it takes bucket 8's gemm config where that entry timed faster (runtime.tuning.lookup_config).
 
 Candidates are the product of the per-axis ladders below (every knob the Triton templates expose:
 block_m, block_n, block_k, split_k, num_warps, num_stages, the register cap maxnreg and the fp16 pair products
