@@ -123,4 +123,5 @@ def test_gemv_buckets_take_bucket_8s_gemm_config_where_it_timed_faster(tmp_path,
         mod = get_kernel(spec, 4, N, K, "sm90", got.config)      # no family given: the config's block_m says gemm
         assert "tl.dot(" in Path(mod.__file__).read_text()
         qt = ir.quantize(spec, torch.randn(N, K, generator=torch.Generator().manual_seed(0)) * 0.05)
-        assert check_kernel(mod, qt, 3, torch.float16, gen, bias=True) < REL_TOL[torch.float16]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        assert check_kernel(mod, qt, 3, torch.float16, gen, bias=True, device=device) < REL_TOL[torch.float16]
