@@ -29,8 +29,9 @@ def test_repacked_awq_runs_on_the_gptq_kernel():
     qt = synthetic_quantized(spec, 128, 256)
     out = convert(qt, "int4_g128_asym")
     mod = get_kernel(out.spec, 1, 128, 256, "sm90", KernelConfig.from_label("m1n64k128s2w2p2"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"   # natively on a GPU, under the interpreter on the CPU
     x = torch.randn(1, 256).half()
-    y = mod.run(x, dict(out.tensors), 128).float()
+    y = mod.run(x.to(device), {k: v.to(device) for k, v in out.tensors.items()}, 128).float().cpu()
     ref = x.float() @ ir.dequantize(qt).float().T
     assert ((y - ref).norm() / ref.norm()).item() < 2e-3
 
