@@ -299,3 +299,4 @@ def test_code_map_out_of_range_is_refused(gen):
     nan["code_scale"][2] = float("nan")
     with pytest.raises(ir.SpecError, match="column 2 .* expected finite"):
         ir.QuantizedTensor(spec, (8, 256), nan)
+    ir.QuantizedTensor(spec, (8, 256), {k: v.to("meta") for k, v in bad.items()})   # meta: shapes only, no values
