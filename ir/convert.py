@@ -38,11 +38,10 @@ _CONVERTERS[("awq", "gptq")] = _awq_to_gptq_v2
 def _gguf_q4_0_to_gptq(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, torch.Tensor]:
     """GGUF Q4_0 blocks {fp16 d; 16 bytes, element j in the low nibble of byte j and j + 16 in the high one} ->
     GPTQ v2 int4 group 32: the same codes packed along K, zero points 8, scales d."""
-    from .formats.gguf import read_f16
+    from .formats.gguf import read_f16, unpack_codes
     from .formats.gptq_pack import gptq_pack_codes, gptq_pack_zeros
     b = t["blocks"].reshape(N, K // 32, 18)
-    qs = b[:, :, 2:].to(torch.int64)
-    codes = torch.cat([qs & 0xF, qs >> 4], dim=2).reshape(N, K)           # [N, K]
+    codes = unpack_codes(b[:, :, 2:].reshape(-1, 16), 4, 16).reshape(N, K)  # ggml's element order (plane 16)
     d = read_f16(b[:, :, :2].reshape(-1, 2)).reshape(N, K // 32)           # fp16 values as float32
     return {"qweight": gptq_pack_codes(codes.t().contiguous(), 4).to(torch.int32),
             "qzeros": gptq_pack_zeros(torch.full((K // 32, N), 8, dtype=torch.int64), 4, 0).to(torch.int32),
