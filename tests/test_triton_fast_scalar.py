@@ -182,3 +182,51 @@ def test_ccq_half_dot_decodes_exactly():
     mod = kernel_module(q.spec, "gemv", 1, N, K, cfg)
     y = mod.run(torch.eye(K, dtype=torch.float16, device=DEVICE), {k: v.to(DEVICE) for k, v in t.items()}, N)
     assert torch.equal(y.cpu().float(), ir.dequantize(q).t().to(torch.float16).float())
+
+
+def _hadamard_rows(size: int, rows) -> torch.Tensor:
+    """Rows of the unnormalized Sylvester Hadamard matrix of `size`: H[i, j] = (-1) ** popcount(i & j)."""
+    j = torch.arange(size)
+    bits = torch.stack([(torch.tensor(i) & j) for i in rows])
+    pop = sum((bits >> b) & 1 for b in range(size.bit_length()))
+    return 1.0 - 2.0 * (pop % 2).to(torch.float32)
+
+
+@pytest.mark.parametrize("fmt", ["higgs", "higgs_p1_b2", "higgs_p1_b4", "higgs_p2_b2"])
+def test_higgs_half_dot(fmt, gen):
+    """HIGGS's half_dot (a pair of elements is one 2 * bits field: one 32-bit load of the scaled pair table, one HFMA2
+    with x's pair): against the reference with and without the register prefetch and split-K, fp16 and bf16 x; fp16's
+    largest values in the rotated x (x = 2047 * a sum of Hadamard rows puts 65504 in 16 consecutive columns of H x)
+    stay finite; the pair table is built once per grid tensor and again after an in-place change of the grid; a grid
+    beyond what the scale allows is refused by name."""
+    qt = _quantized(fmt, 40, 2048)
+    N, K = qt.shape
+    for ns, sk in ((1, 1), (2, 3)):
+        cfg = ir.KernelConfig(block_m=1, block_n=32, block_k=64, split_k=sk, num_warps=4, num_stages=ns, half_dot=True)
+        mod = kernel_module(qt.spec, "gemv", 1, N, K, cfg)
+        assert "t = part_dot(q, z, " in open(mod.__file__).read()
+        for dtype in (torch.float16, torch.bfloat16):
+            err = check_kernel(mod, qt, 1, dtype, gen, bias=True, device=DEVICE)
+            assert err < REL_TOL[dtype], f"{fmt} {cfg.label} {dtype}: rel err {err:.2e}"
+    x = torch.randn(1, K, generator=gen)
+    x[0, :1024] = 2047.0 * _hadamard_rows(1024, range(16)).sum(0)   # H x / 32 = 65504 at columns 0..15
+    err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=x)
+    assert err < REL_TOL[torch.float16], f"{fmt} outliers: rel err {err:.2e}"
+    # the pair table: cached per grid tensor, rebuilt after an in-place change
+    tensors = {k: v.to(DEVICE) for k, v in qt.tensors.items()}
+    x16 = torch.randn(1, K, generator=gen).to(torch.float16).to(DEVICE)
+    y0 = mod.run(x16, tensors, N)
+    buf = mod._higgs_dot_grid(tensors["grid"])
+    assert mod._higgs_dot_grid(tensors["grid"]) is buf and torch.equal(buf.cpu(), qt.tensors["grid"])
+    tensors["grid"].neg_()
+    assert mod._higgs_dot_grid(tensors["grid"]) is not buf
+    assert torch.equal(mod.run(x16, tensors, N).cpu(), -y0.cpu())   # every product and sum changes sign exactly
+    with pytest.raises(ValueError, match=r"half_dot scales the grid by 2\*\*-5.*Use a config without half_dot"):
+        mod.run(x16, dict(tensors, grid=tensors["grid"] * 8), N)
+
+
+def test_higgs_half_dot_refused_for_straddling_fields():
+    """3-bit grids (fields straddle words) have no half_dot; the error names the format."""
+    spec = ir.get_format("higgs_p1_b3")
+    with pytest.raises(ir.SpecError, match="HIGGS grids of 2 or 4 bits.*higgs_p1_b3 has none"):
+        kernel_module(spec, "gemv", 1, 40, 1024, ir.KernelConfig(block_m=1, block_n=32, block_k=64, half_dot=True))
