@@ -236,3 +236,25 @@ def test_half_dot_is_refused_where_no_decode_has_it(quantized):
     nf4, _, _ = quantized("bnb_nf4")
     assert reject_reason(nf4.spec, get_arch("sm90"), "gemv", 1, 8192, 8192,
                          ir.KernelConfig(block_m=1, block_n=64, block_k=64, split_k=4, half_dot=True)) is None
+
+
+@pytest.mark.parametrize("options", [dict(num_codebooks=2, nbits=8), dict(num_codebooks=1, nbits=8),
+                                     dict(num_codebooks=4, nbits=6)])
+def test_aqlm_x_table(options, gen):
+    """AQLM at block_m 1 with small books reads a table of x's dot products with every codebook entry (x_table) instead
+    of decoding: one gather per code from T (2 books: both codes in one 16-bit load; 1 book: a byte; 4 books of 6-bit
+    codes: one 32-bit load, codes taken mod 2**nbits) against the reference with split-K slices of unequal length, bias,
+    fp16 and bf16 x and three rows of x (one table row each); the 65536-entry book and block_m 2 keep the decode."""
+    spec = ir.get_format("aqlm", **options)
+    N, K = 40, 512
+    qt = ir.quantize(spec, torch.randn(N, K, generator=gen) * 0.05)
+    for sk in (1, 3):
+        cfg = ir.KernelConfig(block_m=1, block_n=32, block_k=64, split_k=sk, num_warps=4, num_stages=1)
+        mod = kernel_module(spec, "gemv", 1, N, K, cfg)
+        assert "acc2 += table_dot(" in Path(mod.__file__).read_text()
+        for M, dtype in ((1, torch.float16), (3, torch.float16), (1, torch.bfloat16)):
+            err = check_kernel(mod, qt, M, dtype, gen, bias=True, device=DEVICE)
+            assert err < REL_TOL[dtype], f"{spec.name} {cfg.label} M={M} {dtype}: rel err {err:.2e}"
+    assert "table_dot" not in Path(kernel_module(spec, "gemv", 2, N, K, ir.KernelConfig(block_m=2, block_n=32, block_k=64)).__file__).read_text()
+    big = ir.get_format("aqlm_1x16")
+    assert "table_dot" not in Path(kernel_module(big, "gemv", 1, N, K, ir.KernelConfig(block_m=1, block_n=32, block_k=64)).__file__).read_text()
