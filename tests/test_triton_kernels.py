@@ -244,7 +244,8 @@ def test_aqlm_x_table(options, gen):
     """AQLM at block_m 1 with small books reads a table of x's dot products with every codebook entry (x_table) instead
     of decoding: one gather per code from T (2 books: both codes in one 16-bit load; 1 book: a byte; 4 books of 6-bit
     codes: one 32-bit load, codes taken mod 2**nbits) against the reference with split-K slices of unequal length, bias,
-    fp16 and bf16 x and three rows of x (one table row each); the 65536-entry book and block_m 2 keep the decode."""
+    fp16 and bf16 x, three rows of x (one table row each), tiny x (1e-5) and fp16's largest x (the fp16 table's per-group
+    power-of-two factors); the 65536-entry book and block_m 2 keep the decode."""
     spec = ir.get_format("aqlm", **options)
     N, K = 40, 512
     qt = ir.quantize(spec, torch.randn(N, K, generator=gen) * 0.05)
@@ -255,6 +256,11 @@ def test_aqlm_x_table(options, gen):
         for M, dtype in ((1, torch.float16), (3, torch.float16), (1, torch.bfloat16)):
             err = check_kernel(mod, qt, M, dtype, gen, bias=True, device=DEVICE)
             assert err < REL_TOL[dtype], f"{spec.name} {cfg.label} M={M} {dtype}: rel err {err:.2e}"
+        for scale in (1e-5, 1.0):   # the table's per-group fp16 scaling: tiny x keeps its precision, fp16's largest
+            x = torch.randn(1, K, generator=gen) * scale   # x stays finite in its group's dots
+            x[0, 0] = 65504.0 if scale == 1.0 else x[0, 0]
+            err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=x)
+            assert err < REL_TOL[torch.float16], f"{spec.name} {cfg.label} x * {scale:g}: rel err {err:.2e}"
     assert "table_dot" not in Path(kernel_module(spec, "gemv", 2, N, K, ir.KernelConfig(block_m=2, block_n=32, block_k=64)).__file__).read_text()
     big = ir.get_format("aqlm_1x16")
     assert "table_dot" not in Path(kernel_module(big, "gemv", 1, N, K, ir.KernelConfig(block_m=1, block_n=32, block_k=64)).__file__).read_text()
