@@ -60,9 +60,9 @@ def test_core_tile_is_the_trellis_matrix(opts):
     trellis matrix (float64 check at fp16 tolerance; the rotations themselves are fp32)."""
     spec = ir.get_format("qtip", **opts)
     qt = synthetic_quantized(spec, 32, 64, seed=3)
-    core = dict(qt.tensors, SU=torch.ones(64, dtype=torch.float16), SV=torch.ones(32))
+    core = {k: v.to(DEVICE) for k, v in dict(qt.tensors, SU=torch.ones(64, dtype=torch.float16), SV=torch.ones(32)).items()}
     mod = kernel_module(spec, "gemm", 64, 32, 64, GEMM)
-    y = mod.run(torch.eye(64, dtype=torch.float16), core, 32).float()
+    y = mod.run(torch.eye(64, dtype=torch.float16, device=DEVICE), core, 32).float().cpu()
     What = decode_tiles(spec, qt.tensors["trellis"], 32, 64, qt.tensors.get("tlut")).double()
     expected = block_hadamard(block_hadamard(torch.eye(64, dtype=torch.float64), 64) @ What.t(), 32)
     assert ((y.double() - expected).norm() / expected.norm()).item() < 2e-3

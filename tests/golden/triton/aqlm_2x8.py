@@ -2,7 +2,7 @@
 # kernel:   aqlm_2x8_0935c7b2_sm90_gemv_m1n64k128s1w4p2
 # format:   aqlm_2x8   spec key: 0935c7b27e5fa5034c9cf969f4f132a1aaf80748c79f97305ebf29e43eb0cd51
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 37f1f2eaf9c7888d
+# arch:     sm90   family: gemv   template hash: ca208644f25ef11b
 """aqlm_2x8_0935c7b2_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `aqlm_2x8` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -85,6 +85,68 @@ IN_GROUP_SIZE, NBITS, NUM_CODEBOOKS, OUT_GROUP_SIZE, )
 
 
 @triton.jit
+def _aqlm_x_table_kernel(x_ptr, cb_ptr, t_ptr, G, row_len, GB: tl.constexpr):
+    """For GB groups g of one row of x: T[g, j] = fp16(f_g**-1 * sum_i x[8 g + i] * codebooks[j, i]) (j = book * 256 + entry;
+    products exact, summed in fp32 in i's order) and f_g = 2**(e - 14) with 2**e <= max|codebooks| * sum_i |x_i| <
+    2**(e + 1), stored as fp32 after the row's G * 512 entries."""
+    row = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1) * GB + tl.arange(0, GB)
+    j = tl.arange(0, 512)
+    acc = tl.zeros((GB, 512), dtype=tl.float32)
+    xabs = tl.zeros((GB, ), dtype=tl.float32)
+    cmax = 0.0
+    for i in tl.static_range(8):
+        xv = tl.load(x_ptr + row * G * 8 + g * 8 + i, mask=g < G, other=0.0).to(tl.float32)
+        cv = tl.load(cb_ptr + j * 8 + i).to(tl.float32)
+        acc += xv[:, None] * cv[None, :]
+        xabs += tl.abs(xv)
+        cmax = tl.maximum(cmax, tl.max(tl.abs(cv), axis=0))
+    e = ((((xabs * cmax).to(tl.int32, bitcast=True) >> 23) & 255) - 127)
+    e = tl.minimum(tl.maximum(e, -110), 127)   # a zero bound (x = 0 in the group): any factor
+    inv = ((127 + 14 - e) << 23).to(tl.float32, bitcast=True)   # 2**(14 - e), exact
+    out = t_ptr + row * row_len
+    tl.store(out + g[:, None] * 512 + j[None, :], (acc * inv[:, None]).to(tl.float16), mask=(g < G)[:, None])
+    tl.store((out + G * 512).to(tl.pointer_type(tl.float32), bitcast=True) + g,
+             ((127 - 14 + e) << 23).to(tl.float32, bitcast=True), mask=g < G)
+
+
+def _aqlm_x_table(x2, codebooks):
+    """fp16 [rows, G * 512 + 2 G] (G = K / 8): per row of x2, each 8-column slice dotted with every codebook
+    entry (scaled per slice, see _aqlm_x_table_kernel), then the G fp32 factors f_g."""
+    rows, K = x2.shape
+    G = K // 8
+    T = torch.empty((rows, G * 512 + 2 * G), device=x2.device, dtype=torch.float16)
+    _aqlm_x_table_kernel[(rows, triton.cdiv(G, 8))](x2, codebooks, T, G, T.stride(0), GB=8, num_warps=4)
+    return T
+
+
+@triton.jit
+def table_dot(codebooks_ptr, codes_ptr, scales_ptr, x_table_row, k0, offs_n, mask_n, N, K,
+IN_GROUP_SIZE: tl.constexpr, NBITS: tl.constexpr, NUM_CODEBOOKS: tl.constexpr, OUT_GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_K / 8, BLOCK_N]: f_g * sum over the books of T[g, m, code(n, g, m)] for the tile's groups g and columns n
+    (x_table_row: this row of x's table; codes past N or K read nothing and add 0)."""
+    G: tl.constexpr = BLOCK_K // 8
+    g = k0 // 8 + tl.arange(0, G)
+    inside = g < K // 8
+    ok = inside[:, None] & mask_n[None, :]
+    cell = offs_n.to(tl.int64)[None, :] * (K // 8) + g[:, None]   # the (n, g) code cells, contiguous along g
+    trow = x_table_row + g[:, None] * 512
+    f = tl.load((x_table_row + (K // 8) * 512).to(tl.pointer_type(tl.float32), bitcast=True) + g, mask=inside, other=0.0)
+    # the cell's 2 one-byte codes in one 16-bit load
+    packed = tl.load(codes_ptr.to(tl.pointer_type(tl.int16), bitcast=True) + cell, mask=ok, other=0).to(tl.int32)
+    t = tl.load(trow + 0 + ((packed >> 0) & 255), mask=ok, other=0.0).to(tl.float32)
+    t += tl.load(trow + 256 + ((packed >> 8) & 255), mask=ok, other=0.0).to(tl.float32)
+    return t * f[:, None]
+
+
+@triton.jit
+def table_scale(codebooks_ptr, codes_ptr, scales_ptr, offs_n, mask_n, N, K):
+    """The per-row scale of the summed table entries (out_group_size 1: one scale per output row), fp32."""
+    return tl.load(scales_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+
+
+
+@triton.jit
 def aqlm_2x8_0935c7b2_sm90_gemv_m1n64k128s1w4p2(
     x_ptr, y_ptr, bias_ptr, ws_ptr, tickets_ptr,
     codebooks_ptr,
@@ -105,19 +167,16 @@ def aqlm_2x8_0935c7b2_sm90_gemv_m1n64k128s1w4p2(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)  # the tile's partial sums of x's table entries
     # split-K: program pid_k reduces K_ITERS consecutive BLOCK_K slices (K_ITERS computed on the host)
     k_lo = pid_k * (K_ITERS * BLOCK_K)
     for it in range(0, K_ITERS):
         offs_k = k_lo + it * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        w = decode_tile_fast(
-codebooks_ptr, codes_ptr, scales_ptr, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
-IN_GROUP_SIZE, NBITS, NUM_CODEBOOKS, OUT_GROUP_SIZE, BLOCK_K, BLOCK_N,
-        )
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        acc += tl.sum(x.to(tl.float32)[:, :, None] * w[None, :, :], axis=1)
+        # x_table: the decode reads the stored codes and the table of x's dot products itself (accumulate below)
+        acc2 += table_dot(codebooks_ptr, codes_ptr, scales_ptr, x_ptr + pid_m * stride_xm, k_lo + it * BLOCK_K, offs_n, mask_n, N, K,
+IN_GROUP_SIZE, NBITS, NUM_CODEBOOKS, OUT_GROUP_SIZE, BLOCK_K, BLOCK_N)
+    acc = (tl.sum(acc2, axis=0) * table_scale(codebooks_ptr, codes_ptr, scales_ptr, offs_n, mask_n, N, K))[None, :]
     # epilogue
     out = acc
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
@@ -187,6 +246,8 @@ def run(x, tensors, N, bias=None, out=None):
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K)
     x2 = x2.contiguous()
+    x2 = _aqlm_x_table(x2, t["codebooks"])  # x_table: the kernel reads x's dot products with every codebook entry
+
     M = x2.shape[0]
     split_k = CONFIG["split_k"]
     y_out_of_place = False

@@ -2,7 +2,7 @@
 # kernel:   higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p2_b3   spec key: 672d0f324bfe9bea698f8cb142e674582296d554de314f4ec9ebb459d8ac53df
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: ef5619c6f0262544
+# arch:     sm90   family: gemv   template hash: 2e24813a17b8cc01
 """higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p2_b3` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
@@ -278,20 +278,17 @@ def _one_launch(v):
 
 
 @triton.jit
-def _fwht_rows(src_ptr, dst_ptr, scratch_ptr, inv_sqrt, SIZE: tl.constexpr, LOG: tl.constexpr,
-               NORMALIZED: tl.constexpr):
+def _fwht_rows(src_ptr, dst_ptr, inv_sqrt, SIZE: tl.constexpr, LOG: tl.constexpr, NORMALIZED: tl.constexpr):
     """One Hadamard block of SIZE values per program: the butterfly of _hadamard's torch fallback, stage by stage
-    (element i pairs with i ^ h: i + h gets y[i] - y[i + h], i gets y[i] + y[i + h]), the partner's value read back
-    through this program's fp32 scratch row after a barrier. The same fp32 operations in the same order."""
+    (element i pairs with i ^ h: i + h gets y[i] - y[i + h], i gets y[i] + y[i + h]), on the block held in registers:
+    viewed as [SIZE / 2h, h, 2], the pairs split, recombined and joined back (the exchanges between threads are the
+    compiler's, on chip). The same fp32 operations in the same order."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, SIZE)
     y = tl.load(src_ptr + row * SIZE + offs).to(tl.float32)
     for s in tl.static_range(LOG):
-        tl.store(scratch_ptr + row * SIZE + offs, y)
-        tl.debug_barrier()
-        p = tl.load(scratch_ptr + row * SIZE + (offs ^ (1 << s)))
-        tl.debug_barrier()
-        y = tl.where((offs & (1 << s)) != 0, p - y, y + p)
+        a, b = tl.split(tl.permute(tl.reshape(y, (SIZE >> (s + 1), 2, 1 << s)), (0, 2, 1)))
+        y = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 2, 1)), (SIZE, ))
     if NORMALIZED:
         y = y * inv_sqrt
     tl.store(dst_ptr + row * SIZE + offs, y.to(dst_ptr.dtype.element_ty))
@@ -320,8 +317,7 @@ def _hadamard(v, size, normalized):
         src = v.contiguous()
         rows = src.numel() // size
         out = torch.empty_like(src)
-        scratch = torch.empty(rows * size, device=v.device, dtype=torch.float32)
-        _fwht_rows[(rows,)](src, out, scratch, _inv_sqrt(size), SIZE=size, LOG=size.bit_length() - 1, NORMALIZED=normalized,
+        _fwht_rows[(rows,)](src, out, _inv_sqrt(size), SIZE=size, LOG=size.bit_length() - 1, NORMALIZED=normalized,
                             num_warps=min(16, max(4, size // 1024)))
         return out.view(shape)
     y = v.float().reshape(-1, size)
