@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import ir
+from ir.hadamard import block_hadamard
 from ir.tensor import QuantizedTensor
 from kernel_harness import REL_TOL, check_kernel, kernel_module
 
@@ -184,14 +185,6 @@ def test_ccq_half_dot_decodes_exactly():
     assert torch.equal(y.cpu().float(), ir.dequantize(q).t().to(torch.float16).float())
 
 
-def _hadamard_rows(size: int, rows) -> torch.Tensor:
-    """Rows of the unnormalized Sylvester Hadamard matrix of `size`: H[i, j] = (-1) ** popcount(i & j)."""
-    j = torch.arange(size)
-    bits = torch.stack([(torch.tensor(i) & j) for i in rows])
-    pop = sum((bits >> b) & 1 for b in range(size.bit_length()))
-    return 1.0 - 2.0 * (pop % 2).to(torch.float32)
-
-
 @pytest.mark.parametrize("fmt, full", [("higgs", True), ("higgs_p1_b2", True), ("higgs_p1_b3", True),
                                        ("higgs_p1_b4", False), ("higgs_p2_b2", False), ("higgs_p2_b3", False)])
 def test_higgs_half_dot(fmt, full, gen):
@@ -211,7 +204,8 @@ def test_higgs_half_dot(fmt, full, gen):
             err = check_kernel(mod, qt, 1, dtype, gen, bias=True, device=DEVICE)
             assert err < REL_TOL[dtype], f"{fmt} {cfg.label} {dtype}: rel err {err:.2e}"
     x = torch.randn(1, K, generator=gen)
-    x[0, :1024] = 2047.0 * _hadamard_rows(1024, range(16)).sum(0)   # H x / 32 = 65504 at columns 0..15
+    rows = block_hadamard(torch.eye(1024)[:16], 1024, normalized=False)   # rows 0..15 of H (entries +-1, exact)
+    x[0, :1024] = 2047.0 * rows.sum(0)   # H x / 32 = 65504 at columns 0..15
     err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=x)
     assert err < REL_TOL[torch.float16], f"{fmt} outliers: rel err {err:.2e}"
     # the pair table: cached per grid tensor, rebuilt after an in-place change
