@@ -89,11 +89,15 @@ def live_values_per_thread(family: str, config: KernelConfig, operand_bytes: int
     W4A4 128x128x256 / 8 warps estimated 192, used 231 registers, no spills; counted as fp16 it was refused at
     320, and measured 100.2 us on the H100 against the tuned 104.1). gemv: the decoded w tile; the broadcast
     product is reduced as it is formed (1x128x128 / 4 warps: 128 registers; 2 rows 72; 4 rows 255, no
-    spills; 1x128x256 / 4 warps, 256 values, spilled 7 KB), allowed up to 128."""
+    spills; 1x128x256 / 4 warps, 256 values, spilled 7 KB), allowed up to 128.
+    With half_dot the gemv keeps the tile's packed words, not decoded weights, so a thread's weights count half
+    (GGUF Q4_K m1n64k256s8w2h, 256 weights per thread: 96 registers, 70.7 us on the H100 against 84.7 for the best
+    tile within the plain budget; int4 g128 at 256 weights per thread lost, 62-68 us against 54.5: the search
+    times both)."""
     c, threads = config, 32 * config.num_warps
     w = c.block_k * c.block_n
     if family == "gemv":
-        return w // threads
+        return w // threads // (2 if c.half_dot else 1)
     return (c.block_m * c.block_n + (w + c.block_m * c.block_k) * operand_bytes // ACT_BYTES) // threads
 
 

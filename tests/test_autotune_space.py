@@ -77,6 +77,19 @@ def test_register_budget_counts_int8_operands_by_their_bytes():
     assert reject_reason(ir.get_format("gptq"), SM90, "gemm", 128, 8192, 28672, cfg).startswith("register budget:")
 
 
+def test_register_budget_counts_half_dot_words():
+    """With half_dot the gemv keeps packed words, so its weights per thread count half: GGUF Q4_K's 1x64x256 tile on 2
+    warps (256 weights per thread, 96 registers measured, the fastest Q4_K tile at M=1 on the H100) is kept with
+    half_dot and refused without it."""
+    import dataclasses
+    cfg = KernelConfig(block_m=1, block_n=64, block_k=256, split_k=8, num_warps=2, half_dot=True)
+    plain = dataclasses.replace(cfg, half_dot=False)
+    assert live_values_per_thread("gemv", cfg) == 128 and live_values_per_thread("gemv", plain) == 256
+    spec = ir.get_format("gguf_q4_k")
+    assert reject_reason(spec, SM90, "gemv", 1, 8192, 28672, cfg) is None
+    assert reject_reason(spec, SM90, "gemv", 1, 8192, 28672, plain).startswith("register budget:")
+
+
 PROBLEMS = [("gptq", 1, 4096, 4096), ("awq", 16, 4096, 4096), ("gguf_q4_0", 4, 8192, 28672),
             ("bnb_nf4", 128, 4096, 4096), ("gguf_q4_k", 2, 4096, 4096), ("prefixquant_w4a4", 32, 4096, 4096)]
 
