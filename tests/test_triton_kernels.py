@@ -238,16 +238,17 @@ def test_half_dot_is_refused_where_no_decode_has_it(quantized):
                          ir.KernelConfig(block_m=1, block_n=64, block_k=64, split_k=4, half_dot=True)) is None
 
 
-@pytest.mark.parametrize("block_k,split_k,block_n", [(64, 1, 32), (128, 3, 16), (256, 2, 64)])
-def test_gguf_q4_k_half_dot(block_k, split_k, block_n, gen):
-    """GGUF Q4_K at M=1 with half_dot reads its blocks as stored, two weights per HFMA2 with the codes centred on 8,
-    and adds each sub-block's scale and min in fp32 (table_dot): against the reference for fp16 and bf16 x with a
-    bias, split-K with a slice past K (block_k 128, split 3 on K = 512), columns past N (N = 40), the largest fp16
-    activations across a whole sub-block, tiny activations, x at an odd element offset and three rows of x; the
-    other GGUF types and tiles across super-blocks are refused by name, and the tuner's pruning agrees."""
+@pytest.mark.parametrize("name,block_k,split_k,block_n", [("gguf_q4_k", 64, 3, 32), ("gguf_q4_k", 256, 2, 64),
+                                                          ("gguf_q2_k", 128, 3, 16)])
+def test_gguf_kquant_half_dot(name, block_k, split_k, block_n, gen):
+    """GGUF Q4_K and Q2_K at M=1 with half_dot read their blocks as stored, two weights per HFMA2 with the codes
+    centred (8, 2), and add each sub-block's scale and min in fp32 (table_dot): against the reference for fp16 and
+    bf16 x with a bias, split-K with a slice past K (split 3 on K = 512), columns past N (N = 40), the largest fp16
+    activations across a whole sub-block, tiny activations, x at an odd element offset and three rows of x; tiles
+    that split a chunk and the other GGUF types are refused by name, and the tuner's pruning agrees."""
     from autotune.prune import reject_reason
     from codegen.arch import get_arch
-    spec = ir.get_format("gguf_q4_k")
+    spec = ir.get_format(name)
     N, K = 40, 512
     g = torch.Generator().manual_seed(1234)
     qt = ir.quantize(spec, torch.randn(N, K, generator=g) * 0.05)
@@ -257,24 +258,24 @@ def test_gguf_q4_k_half_dot(block_k, split_k, block_n, gen):
     assert "acc2 += table_dot(" in Path(mod.__file__).read_text()
     for dtype in (torch.float16, torch.bfloat16):
         err = check_kernel(mod, qt, 1, dtype, gen, bias=True, device=DEVICE)
-        assert err < REL_TOL[dtype], f"{cfg.label} {dtype}: rel err {err:.2e}"
+        assert err < REL_TOL[dtype], f"{name} {cfg.label} {dtype}: rel err {err:.2e}"
     x = torch.randn(1, K, generator=gen)
-    x[0, 32:64] = 65504.0 * torch.sign(torch.randn(32, generator=gen))  # the largest fp16 values over a sub-block
+    x[0, 32:64] = 65504.0 * torch.sign(torch.randn(32, generator=gen))  # the largest fp16 values over sub-blocks
     err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=x)
-    assert err < REL_TOL[torch.float16], f"{cfg.label} outliers: rel err {err:.2e}"
+    assert err < REL_TOL[torch.float16], f"{name} {cfg.label} outliers: rel err {err:.2e}"
     err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=torch.randn(1, K, generator=gen) * 1e-3)
-    assert err < REL_TOL[torch.float16], f"{cfg.label} tiny x: rel err {err:.2e}"
+    assert err < REL_TOL[torch.float16], f"{name} {cfg.label} tiny x: rel err {err:.2e}"
     xo = torch.randn(1, K + 1, generator=gen).to(torch.float16)[:, 1:]   # data_ptr % 4 == 2
     err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=xo)
-    assert err < REL_TOL[torch.float16], f"{cfg.label} odd offset: rel err {err:.2e}"
+    assert err < REL_TOL[torch.float16], f"{name} {cfg.label} odd offset: rel err {err:.2e}"
     err = check_kernel(mod, qt, 3, torch.float16, gen, device=DEVICE)
-    assert err < REL_TOL[torch.float16], f"{cfg.label} M=3: rel err {err:.2e}"
-    bad = ir.KernelConfig(block_m=1, block_n=32, block_k=32, half_dot=True)
-    with pytest.raises(ir.SpecError, match="GGUF Q4_K at block_m 1 with block_k 64, 128 or 256.*gguf_q4_k has none"):
-        kernel_module(spec, "gemv", 1, N, K, bad)
-    q2k = ir.get_format("gguf_q2_k")
-    assert "half_dot needs" in reject_reason(q2k, get_arch("sm90"), "gemv", 1, 8192, 8192, cfg)
-    assert reject_reason(spec, get_arch("sm90"), "gemv", 1, 8192, 8192, cfg) is None
+    assert err < REL_TOL[torch.float16], f"{name} {cfg.label} M=3: rel err {err:.2e}"
+    small = ir.KernelConfig(block_m=1, block_n=32, block_k=64 if name == "gguf_q2_k" else 32, half_dot=True)
+    with pytest.raises(ir.SpecError, match=f"GGUF Q4_K at block_m 1 with block_k 64, 128 or 256.*{name} has none"):
+        kernel_module(spec, "gemv", 1, N, K, small)
+    arch = get_arch("sm90")
+    assert "half_dot needs" in reject_reason(ir.get_format("gguf_q8_0"), arch, "gemv", 1, 8192, 8192, cfg)
+    assert reject_reason(spec, arch, "gemv", 1, 8192, 8192, cfg) is None
 
 
 @pytest.mark.parametrize("options", [dict(num_codebooks=2, nbits=8), dict(num_codebooks=1, nbits=8),
