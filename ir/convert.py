@@ -4,7 +4,8 @@ Some checkpoint layouts hold exactly what another format holds, only packed diff
 and zero points packed along N in an interleaved nibble order) carries the same integer codes, zero points and fp16
 scales as a GPTQ v2 int4 checkpoint (codes packed along K, zero points as stored), and both dequantize as
 fp16(s * (q - z)); GGUF Q4_0 blocks hold int4 codes of 32-weight groups with a zero point of 8 and an fp16 scale,
-which GPTQ v2 int4 group 32 holds too (dequantized in float32, as Q4_0 is). Repacking such a weight once, at load time, lets it run on the other format's kernels; the
+which GPTQ v2 int4 group 32 holds too (dequantized in float32, as Q4_0 is), and Q8_0's int8 codes are GPTQ v2 int8
+group 32 codes less their zero point 128. Repacking such a weight once, at load time, lets it run on the other format's kernels; the
 dequantized weight is bit-for-bit the same (tests/test_convert.py checks it for every converter).
 
     convert(qt, "int4_g128_asym")   # a QuantizedTensor in the target format, same dequantized weight
@@ -48,7 +49,26 @@ def _gguf_q4_0_to_gptq(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, 
             "scales": d.t().contiguous().to(torch.float16)}
 
 
-_CONVERTERS[("gguf", "gptq")] = _gguf_q4_0_to_gptq
+def _gguf_q8_0_to_gptq(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, torch.Tensor]:
+    """GGUF Q8_0 blocks {fp16 d; int8 qs[32]} -> GPTQ v2 int8 group 32: codes q + 128, zero points 128, scales d
+    (d * q = d * ((q + 128) - 128) exactly, in float32 as both dequantize)."""
+    from .formats.gguf import read_f16
+    from .formats.gptq_pack import gptq_pack_codes, gptq_pack_zeros
+    b = t["blocks"].reshape(N, K // 32, 34)
+    codes = b[:, :, 2:].contiguous().view(torch.int8).to(torch.int64).reshape(N, K) + 128
+    d = read_f16(b[:, :, :2].reshape(-1, 2)).reshape(N, K // 32)
+    return {"qweight": gptq_pack_codes(codes.t().contiguous(), 8).to(torch.int32),
+            "qzeros": gptq_pack_zeros(torch.full((K // 32, N), 128, dtype=torch.int64), 8, 0).to(torch.int32),
+            "scales": d.t().contiguous().to(torch.float16)}
+
+
+def _gguf_to_gptq(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, torch.Tensor]:
+    """Q4_0 or Q8_0 (told apart by the block size per row: 18 or 34 bytes per 32 weights)."""
+    per_row = t["blocks"].numel() // N
+    return (_gguf_q8_0_to_gptq if per_row == K // 32 * 34 else _gguf_q4_0_to_gptq)(t, N, K)
+
+
+_CONVERTERS[("gguf", "gptq")] = _gguf_to_gptq
 
 
 def _compatible(src: FormatSpec, dst: FormatSpec) -> str | None:
@@ -57,13 +77,15 @@ def _compatible(src: FormatSpec, dst: FormatSpec) -> str | None:
         known = ", ".join(f"{a} -> {b}" for a, b in _CONVERTERS)
         return f"no exact conversion from the {src.family} family to the {dst.family} family (known: {known})"
     if (src.family, dst.family) == ("gguf", "gptq"):
-        if src.name != "gguf_q4_0":
-            return f"only GGUF Q4_0 has an exact GPTQ layout ({src.name} has other block fields)"
-        want = {"bits": 4, "group_size": 32, "desc_act": False, "checkpoint": "v2"}
+        bits = {"gguf_q4_0": 4, "gguf_q8_0": 8}.get(src.name)
+        if bits is None:
+            return f"only GGUF Q4_0 and Q8_0 have an exact GPTQ layout ({src.name} has other block fields)"
+        want = {"bits": bits, "group_size": 32, "desc_act": False, "checkpoint": "v2"}
         got = {k: dst.param(k) for k in want}
+        kind = src.name[5:].upper()
         if got != want or dst.decode.param("compute_dtype") != "float32":
-            return (f"{dst.name} must be a gptq-family format with {want} and compute_dtype 'float32' (Q4_0 "
-                    f"dequantizes in float32) to hold a Q4_0 weight exactly, but has {got} and compute_dtype "
+            return (f"{dst.name} must be a gptq-family format with {want} and compute_dtype 'float32' ({kind} "
+                    f"dequantizes in float32) to hold a {kind} weight exactly, but has {got} and compute_dtype "
                     f"{dst.decode.param('compute_dtype')!r}")
     if (src.family, dst.family) == ("awq", "gptq"):
         want = {"bits": src.param("bits"), "group_size": src.param("group_size"), "sym": False, "desc_act": False,
@@ -97,6 +119,8 @@ def repack_target(spec: FormatSpec) -> FormatSpec | None:
     entries for (autotune/db, session 6)."""
     if spec.name == "gguf_q4_0":   # GPTQ v2 int4 group 32, fp32 dequant: the int4 kernels (half_dot at M=1)
         return get_format("int4_g32_sym_f32")
+    if spec.name == "gguf_q8_0":   # GPTQ v2 int8 group 32, fp32 dequant: 16-byte word loads (Q8_0's 34-byte blocks
+        return get_format("int8_g32_sym_f32")   # allow 2-byte ones); on the H100 M=1 149 -> 105 us at 8192x28672
     if spec.family == "awq" and spec.param("bits") == 4:
         g = spec.param("group_size")
         dst = get_format("int4_g128_asym") if g == 128 else get_format("gptq", checkpoint="v2", group_size=g,

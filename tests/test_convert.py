@@ -1,5 +1,5 @@
-"""ir.convert: exact repacking between formats that store the same numbers (AutoAWQ -> GPTQ v2, GGUF Q4_0 -> GPTQ v2
-int4 group 32 with float32 dequant)."""
+"""ir.convert: exact repacking between formats that store the same numbers (AutoAWQ -> GPTQ v2, GGUF Q4_0 / Q8_0 ->
+GPTQ v2 int4 / int8 group 32 with float32 dequant)."""
 import pytest
 import torch
 
@@ -70,10 +70,31 @@ def test_gguf_q4_0_conversion_refusals():
         convert(qt, ir.get_format("gptq", bits=4, group_size=32, sym=True, checkpoint="v2"))   # fp16 dequant
     with pytest.raises(SpecError, match="group_size"):
         convert(qt, "int4_g128_sym")
-    with pytest.raises(SpecError, match="only GGUF Q4_0"):
+    with pytest.raises(SpecError, match="with {'bits': 8,.*to hold a Q8_0 weight exactly"):
         convert(synthetic_quantized(ir.get_format("gguf_q8_0"), 64, 256), repack_target(qt.spec))
+    with pytest.raises(SpecError, match="only GGUF Q4_0 and Q8_0"):
+        convert(synthetic_quantized(ir.get_format("gguf_q4_k"), 8, 256), repack_target(qt.spec))
     with pytest.raises(SpecError, match="multiple of 8"):
         convert(synthetic_quantized(ir.get_format("gguf_q4_0"), 12, 64), repack_target(qt.spec))
     with pytest.raises(SpecError, match="compute_dtype = 'bfloat16' is invalid"):
         ir.get_format("gptq", compute_dtype="bfloat16")
-    assert repack_target(ir.get_format("gguf_q8_0")) is None
+    assert repack_target(ir.get_format("gguf_q4_k")) is None
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (8, 32)])
+def test_gguf_q8_0_repacks_into_gptq_int8_float32_bit_exactly(shape):
+    """Q8_0's blocks (int8 codes of 32 weights, fp16 d, fp32 dequant) as GPTQ v2 int8 group 32 with zero points 128
+    and compute_dtype float32: the same dequantized weight bit for bit, from the encoder and from random blocks (every
+    fp16 d and every code, -128 included)."""
+    spec = ir.get_format("gguf_q8_0")
+    target = repack_target(spec)
+    assert (target.name, target.family, target.param("bits"), target.param("group_size"), target.param("checkpoint"),
+            target.decode.param("compute_dtype")) == ("int8_g32_sym_f32", "gptq", 8, 32, "v2", "float32")
+    W = torch.randn(*shape, generator=torch.Generator().manual_seed(5)) * 0.05
+    for qt in (ir.quantize(spec, W), synthetic_quantized(spec, *shape)):
+        out = convert(qt, target)
+        assert out.spec == target and out.shape == qt.shape
+        a, b = ir.dequantize(out), ir.dequantize(qt)
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    with pytest.raises(SpecError, match="multiple of 4"):
+        convert(synthetic_quantized(spec, 6, 32), target)

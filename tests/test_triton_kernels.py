@@ -188,7 +188,7 @@ def test_gemm_register_prefetch(name, split_k, quantized, gen):
 
 
 @pytest.mark.parametrize("name", ["bnb_nf4", "bnb_fp4", "gptq", "int4_g128_sym", "eqat_w2g128", "int2_g64_asym",
-                                  "ccq_wint2"])
+                                  "ccq_wint2", "int8_g32_sym_f32"])
 @pytest.mark.parametrize("num_stages,split_k", [(1, 1), (2, 3)])
 def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
     """half_dot on the M=1 paths (bnb's table, packed 2- and 4-bit ints with zero points, CCQ's code words): each word's products two per
@@ -216,6 +216,25 @@ def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
     assert err < REL_TOL[torch.float16], f"{name} odd offset: rel err {err:.2e}"
     err = check_kernel(mod, qt, 3, torch.float16, gen, device=DEVICE)   # rows of x one program row each
     assert err < REL_TOL[torch.float16], f"{name} M=3: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("name", ["int4_g32_sym_f32", "int2_g64_asym"])
+def test_gemv_half_dot_several_groups_per_tile(name, gen):
+    """half_dot with block_k over the group size (GPTQ layout): each word row takes its own scale and zero point; with
+    the register prefetch (num_stages 2) and split-K slices past K, fp16 (largest activations too) and bf16 x."""
+    N, K = 48, 512
+    qt = ir.quantize(ir.get_format(name), torch.randn(N, K, generator=torch.Generator().manual_seed(7)) * 0.05)
+    cfg = ir.KernelConfig(block_m=1, block_n=32, block_k=2 * qt.spec.param("group_size"), split_k=3, num_warps=4,
+                          num_stages=2, half_dot=True)
+    mod = kernel_module(qt.spec, "gemv", 1, N, K, cfg)
+    assert "g = (rows * PER) // GS" in Path(mod.__file__).read_text()
+    for dtype in (torch.float16, torch.bfloat16):
+        err = check_kernel(mod, qt, 1, dtype, gen, bias=True, device=DEVICE)
+        assert err < REL_TOL[dtype], f"{name} {dtype}: rel err {err:.2e}"
+    x = torch.randn(1, K, generator=gen)
+    x[0, :16] = 65504.0
+    err = check_kernel(mod, qt, 1, torch.float16, gen, device=DEVICE, x=x)
+    assert err < REL_TOL[torch.float16], f"{name} outliers: rel err {err:.2e}"
 
 
 def test_half_dot_is_refused_where_no_decode_has_it(quantized):

@@ -337,6 +337,8 @@ PRESETS = {
                       lambda n: _gptq_spec(n, 4, 128, True, False, "v2")),
     "int4_g32_sym_f32": ("int4, group 32, sym, float32 dequant: gptq checkpoint v2; GGUF Q4_0 repacks into it exactly.",
                          lambda n: _gptq_spec(n, 4, 32, True, False, "v2", "float32")),
+    "int8_g32_sym_f32": ("int8, group 32, sym, float32 dequant: gptq checkpoint v2; GGUF Q8_0 repacks into it exactly.",
+                         lambda n: _gptq_spec(n, 8, 32, True, False, "v2", "float32")),
     "int3_g128_asym": ("int3, group 128, asym: gptq checkpoint v2 (3-bit fields straddle words).",
                        lambda n: _gptq_spec(n, 3, 128, False, False, "v2")),
     "int2_g64_asym": ("int2, group 64, asym: gptq checkpoint v2.",

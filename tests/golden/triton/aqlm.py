@@ -2,7 +2,7 @@
 # kernel:   aqlm_1x16_c76a89a1_sm90_gemv_m1n64k128s1w4p2
 # format:   aqlm_1x16   spec key: c76a89a1b1dbe31484c52bdd5b01b6bfcf488c3e4aedb65bff372b6da06b4c88
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: ca208644f25ef11b
+# arch:     sm90   family: gemv   template hash: 5eba772ec030327c
 """aqlm_1x16_c76a89a1_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `aqlm_1x16` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   aqlm_2x8_0935c7b2_sm90_gemv_m1n64k128s1w4p2
 # format:   aqlm_2x8   spec key: 0935c7b27e5fa5034c9cf969f4f132a1aaf80748c79f97305ebf29e43eb0cd51
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: ca208644f25ef11b
+# arch:     sm90   family: gemv   template hash: 5eba772ec030327c
 """aqlm_2x8_0935c7b2_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `aqlm_2x8` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_fp4   spec key: de67cf8c1d6d2818fda33a5396db04ff5cc443d76fbe3389dbad9662d4900246
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 303ad09e76ced348
+# arch:     sm90   family: gemv   template hash: 89a5af278efe8239
 """bnb_fp4_b64_de67cf8c_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_fp4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2
 # format:   bnb_nf4   spec key: 9a29cc1de6539bdda5423ea84d6003caf87264dc9d1efa33ad520f055ffb0705
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 303ad09e76ced348
+# arch:     sm90   family: gemv   template hash: 89a5af278efe8239
 """bnb_nf4_b64_9a29cc1d_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `bnb_nf4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   ccq_g64_7f625bc8_sm90_gemv_m1n64k128s1w4p2
 # format:   ccq   spec key: 7f625bc844d7c776ff983cc1995af5935e08608ed18af2f991afd6e69c17569f
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 758288cd97f2054f
+# arch:     sm90   family: gemv   template hash: 97eec8bc9b360bc8
 """ccq_g64_7f625bc8_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `ccq` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   ccq_wint2_g64_f23260cb_sm90_gemv_m1n64k128s1w4p2
 # format:   ccq_wint2   spec key: f23260cbe15b48fa5dd07b29afc815f9cd5ae86941379f9bd5041e6349e34518
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 758288cd97f2054f
+# arch:     sm90   family: gemv   template hash: 97eec8bc9b360bc8
 """ccq_wint2_g64_f23260cb_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `ccq_wint2` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   ccq_wint2_5_39ee0c41_sm90_gemv_m1n64k128s1w4p2
 # format:   ccq_wint2_5   spec key: 39ee0c4116bf10c8630167259eafdf83a1d4e7e5543497c155bf987f86c5a8a8
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 758288cd97f2054f
+# arch:     sm90   family: gemv   template hash: 97eec8bc9b360bc8
 """ccq_wint2_5_39ee0c41_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `ccq_wint2_5` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   qtip_b2_a9108268_sm90_gemv_m1n64k128s1w4p2
 # format:   qtip   spec key: a91082681a2d166cb183252899983d8947e5de1f2bb5cc32944b07b2a5d1b351
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: fb76aad48220562a
+# arch:     sm90   family: gemv   template hash: 4c8dfebd3bd47324
 """qtip_b2_a9108268_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `qtip` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   vptq_v16_k65536_65536_gk_33ed06ba_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v16_k65536_65536   spec key: 33ed06ba9ee985fb6e2534b47cf6e2142c7daa8e613562c7ad9b270c50fca099
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 717f238fa76d28f9
+# arch:     sm90   family: gemv   template hash: aa1da3869425b0e6
 """vptq_v16_k65536_65536_gk_33ed06ba_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v16_k65536_65536` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

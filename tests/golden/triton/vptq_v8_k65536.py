@@ -2,7 +2,7 @@
 # kernel:   vptq_v8_k65536_gk_604e10d7_sm90_gemv_m1n64k128s1w4p2
 # format:   vptq_v8_k65536   spec key: 604e10d7e7eeba5a48dfadaa9fdf7217d519edba0c8fac9bafff711bc8e7aa7f
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 717f238fa76d28f9
+# arch:     sm90   family: gemv   template hash: aa1da3869425b0e6
 """vptq_v8_k65536_gk_604e10d7_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `vptq_v8_k65536` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

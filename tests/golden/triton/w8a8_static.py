@@ -2,7 +2,7 @@
 # kernel:   w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2
 # format:   w8a8_static   spec key: 562c451e196a55d77861afdbdfb154809dacd5e00897483e1752f085d8fa6bbd
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 5a7cd1236729afc9
+# arch:     sm90   family: gemv   template hash: c93ff02606f7ee3f
 """w8a8_static_562c451e_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `w8a8_static` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
