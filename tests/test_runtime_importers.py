@@ -76,17 +76,18 @@ def test_gguf_file_layers_decode_like_gguf_py(gguf_file):
     assert list(imp.skipped) == ["output.weight"] and "Q6_K is not supported" in imp.skipped["output.weight"]
 
 
-def test_gguf_q4_0_layers_repack_into_gptq_exactly(gguf_file):
-    """By default Q4_0 layers come back as GPTQ v2 int4 group 32 with float32 dequant (the int4 kernels): the same
-    weight as gguf-py decodes, bit for bit; the other types keep their GGUF blocks."""
+def test_gguf_q4_0_and_q8_0_layers_repack_into_gptq_exactly(gguf_file):
+    """By default Q4_0 and Q8_0 layers come back as GPTQ v2 int4 / int8 group 32 with float32 dequant (the GPTQ-layout
+    kernels): the same weight as gguf-py decodes, bit for bit; the K-quants keep their GGUF blocks."""
     path, data, _ = gguf_file
     imp = from_gguf_file(path, on_unsupported="skip")
-    qt = imp.layers["blk.0.attn_q"]
-    assert qt.spec.family == "gptq" and qt.spec.param("group_size") == 32 and qt.spec.decode.param("compute_dtype") == "float32"
-    arr, t = data["blk.0.attn_q.weight"]
-    origin = torch.from_numpy(gguf.quants.dequantize(arr, t).astype(np.float32))
-    assert torch.equal(ir.dequantize(qt), origin)
-    assert imp.layers["blk.0.attn_k"].spec.name == "gguf_q8_0"
+    for layer, name, bits in (("blk.0.attn_q", "int4_g32_sym_f32", 4), ("blk.0.attn_k", "int8_g32_sym_f32", 8)):
+        qt = imp.layers[layer]
+        assert (qt.spec.name, qt.spec.param("bits"), qt.spec.decode.param("compute_dtype")) == (name, bits, "float32")
+        arr, t = data[layer + ".weight"]
+        origin = torch.from_numpy(gguf.quants.dequantize(arr, t).astype(np.float32))
+        assert torch.equal(ir.dequantize(qt), origin)
+    assert imp.layers["blk.0.ffn_up"].spec.name == "gguf_q4_k"
 
 
 def test_gguf_unsupported_types_are_refused_clearly(gguf_file):

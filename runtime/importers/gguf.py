@@ -2,7 +2,7 @@
 
 GGUF lists a tensor's dims innermost first (ne = [K, N] for a linear weight of torch shape (N, K)); each of
 the N rows is K // block_size blocks back to back, exactly the canonical [N, K // block_size * type_size]
-uint8 layout (Q4_0 is repacked into GPTQ int4 group 32 by default: see from_gguf_file). Supported GGML types:
+uint8 layout (Q4_0 and Q8_0 are repacked into GPTQ int4 / int8 group 32 by default: see from_gguf_file). Supported GGML types:
 Q4_0, Q8_0, Q4_K, Q2_K; F32/F16/BF16/F64/I8-I64 tensors (norms,
 biases, unquantized layers) come back as plain torch tensors; any other type is refused with the list of
 what is supported (or skipped when asked). Reading needs the `gguf` package (llama.cpp's gguf-py).
@@ -51,7 +51,7 @@ def from_gguf(raw, ggml_type, shape: tuple[int, int]) -> QuantizedTensor:
 
     raw: the tensor's bytes (uint8 torch tensor or numpy array of any shape, or bytes); ggml_type: a
     GGMLQuantizationType, its name ('Q4_K') or id; shape: (N, K) = (out_features, in_features), torch order
-    (GGUF's ne lists it reversed: [K, N]). The tensor keeps its GGUF blocks; a Q4_0 weight runs faster repacked
+    (GGUF's ne lists it reversed: [K, N]). The tensor keeps its GGUF blocks; a Q4_0 or Q8_0 weight runs faster repacked
     (`ir.convert.convert(qt, ir.convert.repack_target(qt.spec))`, bit-exact), as from_gguf_file does by default."""
     name = _type_name(ggml_type)
     formats = _formats_by_type()
@@ -85,8 +85,9 @@ def from_gguf_file(path, on_unsupported: str = "raise", repack: bool = True) -> 
     """Every tensor of a GGUF file: quantized 2-D weights of a supported type as layers (named by the tensor
     name without '.weight'), plain tensors in `tensors`. Tensors of other GGML types are refused all at once
     (on_unsupported='raise') or listed in `skipped` (on_unsupported='skip'). With `repack`, Q4_0 layers whose
-    out_features is a multiple of 8 are repacked once here into GPTQ v2 int4 group 32 with float32 dequant
-    (ir.convert: the same dequantized weight, bit for bit), which runs on the int4 kernels."""
+    out_features is a multiple of 8 are repacked once here into GPTQ v2 int4 group 32 with float32 dequant, and
+    Q8_0 layers (out_features a multiple of 4) into GPTQ v2 int8 group 32 (ir.convert: the same dequantized
+    weight, bit for bit), which run on the GPTQ-layout kernels (ir.convert.repack_target says what each gains)."""
     if on_unsupported not in ("raise", "skip"):
         raise SpecError(f"on_unsupported = {on_unsupported!r} is invalid; expected 'raise' or 'skip'")
     from gguf import GGUFReader
