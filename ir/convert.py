@@ -121,10 +121,9 @@ def repack_target(spec: FormatSpec) -> FormatSpec | None:
         return get_format("int4_g32_sym_f32")
     if spec.name == "gguf_q8_0":
         # GPTQ v2 int8 group 32, fp32 dequant: 16-byte word loads where Q8_0's 34-byte blocks allow only 2-byte ones,
-        # and the 8-bit half_dot gemv. H100 (shard s41, same run): M=1 150.1 -> 102.9 us at 8192x28672 (62% -> 93% of
-        # the read floor), 150.3 -> 104.6 at 28672x8192, 21.8 -> 18.5 at 4096x4096; M=16 190.9 -> 164.8, 183.6 ->
-        # 153.7. M=128 is mixed (the 8-bit gemm tile has no fast decode): 333.6 -> 398.0 at 8192x28672 and 41.5 ->
-        # 45.1 at 4096x4096 (slower), 366.4 -> 278.5 at 28672x8192. Pass repack=False to keep Q8_0's own kernels.
+        # the 8-bit half_dot gemv and the 8-bit gemm pair decode. H100, same runs (shards s41, s43), 8192x28672 /
+        # 28672x8192 / 4096x4096: M=1 150.1 / 150.3 / 21.8 -> 102.9 / 104.6 / 18.5 us; M=16 189.6 / 183.9 / 24.7 ->
+        # 114.8 / 111.9 / 20.0; M=128 333.9 / 369.4 / 41.4 -> 262.1 / 212.8 / 33.0. repack=False keeps Q8_0's kernels.
         return get_format("int8_g32_sym_f32")
     if spec.family == "awq" and spec.param("bits") == 4:
         g = spec.param("group_size")
