@@ -48,20 +48,24 @@ def test_convert_refuses_formats_that_store_other_numbers():
 
 
 @pytest.mark.parametrize("shape", [(64, 256), (8, 32)])
-def test_gguf_q4_0_repacks_into_gptq_float32_bit_exactly(shape):
-    """Q4_0's blocks (codes of 32 weights, zero 8, fp16 d, fp32 dequant) as GPTQ v2 int4 group 32 with
-    compute_dtype float32: the same dequantized weight bit for bit, from the encoder and from random blocks (every
-    fp16 d, negative and subnormal ones included)."""
-    spec = ir.get_format("gguf_q4_0")
+@pytest.mark.parametrize("src,name,bits", [("gguf_q4_0", "int4_g32_sym_f32", 4), ("gguf_q8_0", "int8_g32_sym_f32", 8)])
+def test_gguf_q4_0_and_q8_0_repack_into_gptq_float32_bit_exactly(src, name, bits, shape):
+    """Q4_0's blocks (codes of 32 weights, zero 8, fp16 d, fp32 dequant) as GPTQ v2 int4 group 32, Q8_0's (int8 codes,
+    fp16 d) as GPTQ v2 int8 group 32 with zero points 128, both with compute_dtype float32: the same dequantized
+    weight bit for bit, from the encoder and from random blocks (every fp16 d, negative and subnormal ones included,
+    and every code); an out_features the target cannot pack is refused."""
+    spec = ir.get_format(src)
     target = repack_target(spec)
     assert (target.name, target.family, target.param("bits"), target.param("group_size"), target.param("checkpoint"),
-            target.decode.param("compute_dtype")) == ("int4_g32_sym_f32", "gptq", 4, 32, "v2", "float32")
+            target.decode.param("compute_dtype")) == (name, "gptq", bits, 32, "v2", "float32")
     W = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) * 0.05
     for qt in (ir.quantize(spec, W), synthetic_quantized(spec, *shape)):
         out = convert(qt, target)
         assert out.spec == target and out.shape == qt.shape
         a, b = ir.dequantize(out), ir.dequantize(qt)
         assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    with pytest.raises(SpecError, match=f"multiple of {32 // bits}"):
+        convert(synthetic_quantized(spec, 6 if bits == 8 else 12, 32), target)
 
 
 def test_gguf_q4_0_conversion_refusals():
@@ -79,22 +83,3 @@ def test_gguf_q4_0_conversion_refusals():
     with pytest.raises(SpecError, match="compute_dtype = 'bfloat16' is invalid"):
         ir.get_format("gptq", compute_dtype="bfloat16")
     assert repack_target(ir.get_format("gguf_q4_k")) is None
-
-
-@pytest.mark.parametrize("shape", [(64, 256), (8, 32)])
-def test_gguf_q8_0_repacks_into_gptq_int8_float32_bit_exactly(shape):
-    """Q8_0's blocks (int8 codes of 32 weights, fp16 d, fp32 dequant) as GPTQ v2 int8 group 32 with zero points 128
-    and compute_dtype float32: the same dequantized weight bit for bit, from the encoder and from random blocks (every
-    fp16 d and every code, -128 included)."""
-    spec = ir.get_format("gguf_q8_0")
-    target = repack_target(spec)
-    assert (target.name, target.family, target.param("bits"), target.param("group_size"), target.param("checkpoint"),
-            target.decode.param("compute_dtype")) == ("int8_g32_sym_f32", "gptq", 8, 32, "v2", "float32")
-    W = torch.randn(*shape, generator=torch.Generator().manual_seed(5)) * 0.05
-    for qt in (ir.quantize(spec, W), synthetic_quantized(spec, *shape)):
-        out = convert(qt, target)
-        assert out.spec == target and out.shape == qt.shape
-        a, b = ir.dequantize(out), ir.dequantize(qt)
-        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
-    with pytest.raises(SpecError, match="multiple of 4"):
-        convert(synthetic_quantized(spec, 6, 32), target)
