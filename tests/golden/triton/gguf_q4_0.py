@@ -2,7 +2,7 @@
 # kernel:   gguf_q4_0_210a82b2_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q4_0   spec key: 210a82b27c50186c74671648f3372785e8431af500997836199264e027a8311a
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a1f3d7ef60d665e9
+# arch:     sm90   family: gemv   template hash: 779d1074018c5284
 """gguf_q4_0_210a82b2_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q4_0` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   gguf_q4_k_45d4f031_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q4_k   spec key: 45d4f0316f5ae2fcefa9c2ba6c9f64778e702802995a46bb290aec175fcdc028
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a1f3d7ef60d665e9
+# arch:     sm90   family: gemv   template hash: 779d1074018c5284
 """gguf_q4_k_45d4f031_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q4_k` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   gguf_q8_0_a35e8393_sm90_gemv_m1n64k128s1w4p2
 # format:   gguf_q8_0   spec key: a35e83931f6887c756f4f41ad56d55f5284441a445e64d958cd7f476e8932d56
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: a1f3d7ef60d665e9
+# arch:     sm90   family: gemv   template hash: 779d1074018c5284
 """gguf_q8_0_a35e8393_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gguf_q8_0` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
