@@ -21,10 +21,11 @@ from .spec import FormatSpec, SpecError
 from .tensor import QuantizedTensor
 
 # (source family, target family) -> function(source tensors, N, K) -> target tensors
-_CONVERTERS: dict[tuple[str, str], Callable[[dict[str, torch.Tensor], int, int], dict[str, torch.Tensor]]] = {}
+_CONVERTERS: dict[tuple[str, str], Callable[[dict[str, torch.Tensor], int, int, FormatSpec],
+                                            dict[str, torch.Tensor]]] = {}
 
 
-def _awq_to_gptq_v2(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, torch.Tensor]:
+def _awq_to_gptq_v2(t: dict[str, torch.Tensor], N: int, K: int, src: FormatSpec) -> dict[str, torch.Tensor]:
     from .formats.gptq_pack import awq_unpack_cols, gptq_pack_codes, gptq_pack_zeros
     codes = awq_unpack_cols(t["qweight"], N)            # [K, N], logical column order
     zeros = awq_unpack_cols(t["qzeros"], N)             # [groups, N]
@@ -36,36 +37,23 @@ def _awq_to_gptq_v2(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, tor
 _CONVERTERS[("awq", "gptq")] = _awq_to_gptq_v2
 
 
-def _gguf_q4_0_to_gptq(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, torch.Tensor]:
-    """GGUF Q4_0 blocks {fp16 d; 16 bytes, element j in the low nibble of byte j and j + 16 in the high one} ->
-    GPTQ v2 int4 group 32: the same codes packed along K, zero points 8, scales d."""
+def _gguf_to_gptq(t: dict[str, torch.Tensor], N: int, K: int, src: FormatSpec) -> dict[str, torch.Tensor]:
+    """GGUF Q4_0 blocks {fp16 d; 16 bytes, element j in the low nibble of byte j and j + 16 in the high one} or Q8_0
+    blocks {fp16 d; int8 qs[32]} -> GPTQ v2 int4 / int8 group 32: the codes (Q8_0's plus 128) packed along K, zero
+    points 8 / 128, scales d (d * (q - zero) is Q4_0's and Q8_0's float32 dequant exactly)."""
     from .formats.gguf import read_f16, unpack_codes
     from .formats.gptq_pack import gptq_pack_codes, gptq_pack_zeros
-    b = t["blocks"].reshape(N, K // 32, 18)
-    codes = unpack_codes(b[:, :, 2:].reshape(-1, 16), 4, 16).reshape(N, K)  # ggml's element order (plane 16)
-    d = read_f16(b[:, :, :2].reshape(-1, 2)).reshape(N, K // 32)           # fp16 values as float32
-    return {"qweight": gptq_pack_codes(codes.t().contiguous(), 4).to(torch.int32),
-            "qzeros": gptq_pack_zeros(torch.full((K // 32, N), 8, dtype=torch.int64), 4, 0).to(torch.int32),
+    bits = src.decode.bits
+    b = t["blocks"].reshape(N, K // 32, src.param("type_size"))
+    if bits == 4:
+        codes = unpack_codes(b[:, :, 2:].reshape(-1, 16), 4, 16).reshape(N, K)  # ggml's element order (plane 16)
+    else:
+        codes = b[:, :, 2:].contiguous().view(torch.int8).to(torch.int64).reshape(N, K) + 128
+    d = read_f16(b[:, :, :2].reshape(-1, 2)).reshape(N, K // 32)               # fp16 values as float32
+    zero = 1 << (bits - 1)
+    return {"qweight": gptq_pack_codes(codes.t().contiguous(), bits).to(torch.int32),
+            "qzeros": gptq_pack_zeros(torch.full((K // 32, N), zero, dtype=torch.int64), bits, 0).to(torch.int32),
             "scales": d.t().contiguous().to(torch.float16)}
-
-
-def _gguf_q8_0_to_gptq(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, torch.Tensor]:
-    """GGUF Q8_0 blocks {fp16 d; int8 qs[32]} -> GPTQ v2 int8 group 32: codes q + 128, zero points 128, scales d
-    (d * q = d * ((q + 128) - 128) exactly, in float32 as both dequantize)."""
-    from .formats.gguf import read_f16
-    from .formats.gptq_pack import gptq_pack_codes, gptq_pack_zeros
-    b = t["blocks"].reshape(N, K // 32, 34)
-    codes = b[:, :, 2:].contiguous().view(torch.int8).to(torch.int64).reshape(N, K) + 128
-    d = read_f16(b[:, :, :2].reshape(-1, 2)).reshape(N, K // 32)
-    return {"qweight": gptq_pack_codes(codes.t().contiguous(), 8).to(torch.int32),
-            "qzeros": gptq_pack_zeros(torch.full((K // 32, N), 128, dtype=torch.int64), 8, 0).to(torch.int32),
-            "scales": d.t().contiguous().to(torch.float16)}
-
-
-def _gguf_to_gptq(t: dict[str, torch.Tensor], N: int, K: int) -> dict[str, torch.Tensor]:
-    """Q4_0 or Q8_0 (told apart by the block size per row: 18 or 34 bytes per 32 weights)."""
-    per_row = t["blocks"].numel() // N
-    return (_gguf_q8_0_to_gptq if per_row == K // 32 * 34 else _gguf_q4_0_to_gptq)(t, N, K)
 
 
 _CONVERTERS[("gguf", "gptq")] = _gguf_to_gptq
@@ -108,7 +96,7 @@ def convert(qt: QuantizedTensor, target: FormatSpec | str) -> QuantizedTensor:
     dst.check_shape(N, K)
     device = next(iter(qt.tensors.values())).device
     cpu = {k: v.cpu() for k, v in qt.tensors.items()}
-    out = _CONVERTERS[(qt.spec.family, dst.family)](cpu, N, K)
+    out = _CONVERTERS[(qt.spec.family, dst.family)](cpu, N, K, qt.spec)
     return QuantizedTensor(dst, (N, K), {k: v.to(device) for k, v in out.items()})
 
 
