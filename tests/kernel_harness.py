@@ -78,3 +78,74 @@ def check_kernel(module, qt, M: int, dtype: torch.dtype, gen: torch.Generator, b
     y = y.cpu().to(torch.float64)
     assert not torch.isnan(y).any(), "kernel left unwritten (NaN) outputs"
     return ((y - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+
+
+def _f16(bits: int) -> float:
+    return torch.tensor([bits & 0xFFFF], dtype=torch.int32).to(torch.int16).view(torch.float16).item()
+
+
+def _f16_bits(v: float) -> int:
+    """v rounded once to fp16 (nearest even), as its 16 bits."""
+    return torch.tensor([v], dtype=torch.float64).to(torch.float16).view(torch.int16).item() & 0xFFFF
+
+
+def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
+    """Execute the straight-line PTX of an inline-asm block (and/shr/shl/mul/prmt/lop3/mov/cvt on .b32/.b16
+    registers, fp16x2 mul/fma/add with one rounding, add.f32) for 32-bit inputs `regs` ({"$8": v, ...}) and
+    return every register after it: the CPU twin of the GPU-only paths (CI has no GPU to run them)."""
+    regs = {k: v & 0xFFFFFFFF for k, v in regs.items()}
+
+    def val(tok):
+        return regs[tok] if tok in regs else int(tok, 0) & 0xFFFFFFFF
+
+    def prmt(a, b, c):
+        src = (b << 32) | a
+        out = 0
+        for i in range(4):
+            sel = (c >> (4 * i)) & 0xF
+            byte = (src >> (8 * (sel & 7))) & 0xFF
+            if sel & 8:  # sign-replicate mode
+                byte = 0xFF if byte & 0x80 else 0
+            out |= byte << (8 * i)
+        return out
+
+    def lop3(a, b, c, lut):
+        return sum(((lut >> ((((a >> i) & 1) << 2) | (((b >> i) & 1) << 1) | ((c >> i) & 1))) & 1) << i
+                   for i in range(32))
+
+    def f16x2(fn, *ops):  # lane by lane in float64 (exact for fp16 operands), rounded once to fp16
+        return sum(_f16_bits(fn(*(_f16(o >> (16 * h)) for o in ops))) << (16 * h) for h in range(2))
+
+    def f32(bits):
+        return torch.tensor([bits], dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+    for stmt in asm.replace("{", " { ").replace("}", " } ").split(";"):
+        stmt = " ".join(stmt.split()).strip("{} ")
+        if not stmt or stmt.startswith(".reg"):
+            continue
+        op, rest = stmt.split(" ", 1)
+        if op == "mov.b32" and "}" in rest:  # mov.b32 {lo, hi}, src
+            halves, src = rest.split("}")
+            lo, hi = (h.strip(" {,") for h in halves.split(","))
+            v = val(src.strip(" ,"))
+            regs[lo], regs[hi] = v & 0xFFFF, v >> 16
+            continue
+        d, *args = (a.strip() for a in rest.split(","))
+        v = [val(a) for a in args]
+        regs[d] = {
+            "mov.b32": lambda: v[0],
+            "and.b32": lambda: v[0] & v[1],
+            "shr.u32": lambda: v[0] >> v[1],
+            "shl.b32": lambda: (v[0] << v[1]) & 0xFFFFFFFF,
+            "mul.hi.u32": lambda: (v[0] * v[1]) >> 32,
+            "mul.lo.u32": lambda: (v[0] * v[1]) & 0xFFFFFFFF,
+            "prmt.b32": lambda: prmt(*v),
+            "lop3.b32": lambda: lop3(*v),
+            "mul.rn.f16x2": lambda: f16x2(lambda a, b: a * b, *v),
+            "fma.rn.f16x2": lambda: f16x2(lambda a, b, c: a * b + c, *v),
+            "add.rn.f16x2": lambda: f16x2(lambda a, b: a + b, *v),
+            "add.f32": lambda: (f32(v[0]) + f32(v[1])).view(torch.int32).item() & 0xFFFFFFFF,
+            "cvt.f32.f16": lambda: torch.tensor([v[0]], dtype=torch.int32).to(torch.int16).view(torch.float16)
+            .float().view(torch.int32).item() & 0xFFFFFFFF,
+        }[op]()
+    return regs

@@ -12,7 +12,7 @@ import ir
 from ir import KernelConfig
 from ir.formats.bnb import (FP4_TABLE, NF4_TABLE, fp16_byte_planes, lut_words_fp16, unpack_nibbles_hi_first,
                             unpack_words_hi_first)
-from kernel_harness import REL_TOL, check_kernel, kernel_module
+from kernel_harness import REL_TOL, check_kernel, kernel_module, run_ptx
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N = 40  # not a multiple of block_n
@@ -68,56 +68,6 @@ def test_bnb_kernel_misaligned_weight_view(gen):
     assert torch.equal(ref, got)
 
 
-def _run_ptx(asm: str, inputs: list[int]) -> list[int]:
-    """Execute the straight-line PTX of _bnb_lut8 (and/shr/shl/mul/prmt/lop3/mov/cvt on .b32/.b16 registers) for one
-    set of 32-bit inputs ($8, $9, ...) and return the 32-bit outputs $0..$7 (fp32 bit patterns)."""
-    regs = {f"${8 + i}": v & 0xFFFFFFFF for i, v in enumerate(inputs)}
-
-    def val(tok):
-        return regs[tok] if tok in regs else int(tok, 0)
-
-    def prmt(a, b, c):
-        src = (b << 32) | a
-        out = 0
-        for i in range(4):
-            sel = (c >> (4 * i)) & 0xF
-            byte = (src >> (8 * (sel & 7))) & 0xFF
-            if sel & 8:  # sign-replicate mode
-                byte = 0xFF if byte & 0x80 else 0
-            out |= byte << (8 * i)
-        return out
-
-    def lop3(a, b, c, lut):
-        return sum(((lut >> ((((a >> i) & 1) << 2) | (((b >> i) & 1) << 1) | ((c >> i) & 1))) & 1) << i
-                   for i in range(32))
-
-    for stmt in asm.replace("{", " { ").replace("}", " } ").split(";"):
-        stmt = " ".join(stmt.split()).strip("{} ")
-        if not stmt or stmt.startswith(".reg"):
-            continue
-        op, rest = stmt.split(" ", 1)
-        if op == "mov.b32":  # mov.b32 {lo, hi}, src
-            halves, src = rest.split("}")
-            lo, hi = (h.strip(" {,") for h in halves.split(","))
-            v = val(src.strip(" ,"))
-            regs[lo], regs[hi] = v & 0xFFFF, v >> 16
-            continue
-        d, *args = (a.strip() for a in rest.split(","))
-        v = [val(a) for a in args]
-        regs[d] = {
-            "and.b32": lambda: v[0] & v[1],
-            "shr.u32": lambda: v[0] >> v[1],
-            "shl.b32": lambda: (v[0] << v[1]) & 0xFFFFFFFF,
-            "mul.hi.u32": lambda: (v[0] * v[1]) >> 32,
-            "mul.lo.u32": lambda: (v[0] * v[1]) & 0xFFFFFFFF,
-            "prmt.b32": lambda: prmt(*v),
-            "lop3.b32": lambda: lop3(*v),
-            "cvt.f32.f16": lambda: torch.tensor([v[0]], dtype=torch.int32).to(torch.int16).view(torch.float16)
-            .float().view(torch.int32).item() & 0xFFFFFFFF,
-        }[op]()
-    return [regs[f"${i}"] for i in range(8)]
-
-
 @pytest.mark.parametrize("name", ["bnb_nf4", "bnb_fp4"])
 def test_register_lut_ptx_twin(name):
     """The generated kernel's register look-up table: its render-time planes are fp16_byte_planes of the format's
@@ -134,7 +84,8 @@ def test_register_lut_ptx_twin(name):
     words = torch.randint(-2**31, 2**31, (64,), dtype=torch.int64, generator=torch.Generator().manual_seed(5))
     words = torch.cat([words, torch.tensor([0, -1, 0x76543210, -0x01234568])])  # every code in every slot
     want = lut_words_fp16(words.to(torch.int32).view(-1, 1), spec.decode.table)
-    got = torch.tensor([_run_ptx(asm, [w] + planes) for w in words.tolist()], dtype=torch.int64)
+    got = torch.tensor([[run_ptx(asm, {f"${8 + i}": v for i, v in enumerate([w] + planes)})[f"${j}"] for j in range(8)]
+                        for w in words.tolist()], dtype=torch.int64)
     got = got.to(torch.int32).view(torch.float32)
     assert torch.equal(got, want)
 

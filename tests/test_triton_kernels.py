@@ -2,13 +2,14 @@
 
 On the CPU they run under TRITON_INTERPRET=1 (set by conftest); on a GPU the same test runs natively.
 Shapes are small and legal for each format, and N, K are not multiples of the tile."""
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 import ir
-from kernel_harness import REL_TOL, check_kernel, kernel_module, small_problem
+from kernel_harness import REL_TOL, check_kernel, kernel_module, run_ptx, small_problem
 
 FORMATS = ir.list_formats()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -216,6 +217,40 @@ def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
     assert err < REL_TOL[torch.float16], f"{name} odd offset: rel err {err:.2e}"
     err = check_kernel(mod, qt, 3, torch.float16, gen, device=DEVICE)   # rows of x one program row each
     assert err < REL_TOL[torch.float16], f"{name} M=3: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("name", ["int2_g64_asym", "eqat_w2g128"])
+def test_two_bit_half_dot_ptx_twin(name):
+    """The 2-bit half_dot's GPU-only inline PTX (x's pairs as stored: a PRMT per byte, a LOP3 per pair of consecutive
+    fields, the unbias HFMA2 with the per-column constants the kernel makes from z), run instruction by instruction
+    on random words, every zero point and fp16 x pairs: each lane's fp16 chain equals the products of (q - z) *
+    2**-S and x in the kernel's order, each rounded to fp16, and the two lanes' sum in fp32."""
+    import re
+    qt = ir.quantize(ir.get_format(name), torch.randn(32, 256, generator=torch.Generator().manual_seed(3)) * 0.05)
+    mod = kernel_module(qt.spec, "gemv", 1, 32, 256, ir.KernelConfig(block_m=1, block_n=32, block_k=64, split_k=1,
+                                                                       num_warps=4, num_stages=1, half_dot=True))
+    src = Path(mod.__file__).read_text()
+    body = src[src.index("def part_dot("):]
+    asm = re.search(r'asm="""(.*?)"""', body, re.S).group(1)
+    assert "prmt.b32 d, $1, $1" in asm
+    consts = {int(i): (int(m), int(c)) for i, m, c in re.findall(r"a(\d) = zi \* (\d+) \+ (-?\d+)", body)}
+    S = int(round(-math.log2(float(re.search(r"\* (0\.\d+) \* _pair_half", body).group(1)))))
+    g = torch.Generator().manual_seed(11)
+    words = torch.randint(-2**31, 2**31, (24,), dtype=torch.int64, generator=g).tolist() + [0, -1, 0x1B1B1B1B]
+    for w in words:
+        w &= 0xFFFFFFFF
+        z = w % 4
+        x = (torch.randn(16, generator=g) * 4).half()
+        pairs = x.view(torch.int16).to(torch.int64) & 0xFFFF
+        regs = {"$1": w, **{f"${2 + i}": z * m + c for i, (m, c) in consts.items()},
+                **{f"${4 + j}": int(pairs[2 * j]) | int(pairs[2 * j + 1]) << 16 for j in range(8)}}
+        got = torch.tensor([run_ptx(asm, regs)["$0"]], dtype=torch.int64).to(torch.int32).view(torch.float32)
+        lanes = [0.0, 0.0]
+        for f in range(16):  # field f at bit 2f, with x_f; even fields in the low lane, odd ones in the high lane
+            d = (((w >> (2 * f)) & 3) - z) * 2.0 ** -S
+            lanes[f % 2] = float(torch.tensor(d * float(x[f]) + lanes[f % 2], dtype=torch.float64).half())
+        want = torch.tensor([lanes[0]], dtype=torch.float32) + torch.tensor([lanes[1]], dtype=torch.float32)
+        assert torch.equal(got, want), (hex(w), z, got, want)
 
 
 @pytest.mark.parametrize("name", ["int4_g32_sym_f32", "int2_g64_asym"])
