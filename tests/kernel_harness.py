@@ -139,6 +139,7 @@ def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
             "shl.b32": lambda: (v[0] << v[1]) & 0xFFFFFFFF,
             "mul.hi.u32": lambda: (v[0] * v[1]) >> 32,
             "mul.lo.u32": lambda: (v[0] * v[1]) & 0xFFFFFFFF,
+            "mad.lo.u32": lambda: (v[0] * v[1] + v[2]) & 0xFFFFFFFF,
             "prmt.b32": lambda: prmt(*v),
             "lop3.b32": lambda: lop3(*v),
             "mul.rn.f16x2": lambda: f16x2(lambda a, b: a * b, *v),

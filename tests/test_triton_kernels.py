@@ -219,38 +219,54 @@ def test_gemv_half_dot(name, num_stages, split_k, quantized, gen):
     assert err < REL_TOL[torch.float16], f"{name} M=3: rel err {err:.2e}"
 
 
-@pytest.mark.parametrize("name", ["int2_g64_asym", "eqat_w2g128"])
-def test_two_bit_half_dot_ptx_twin(name):
-    """The 2-bit half_dot's GPU-only inline PTX (x's pairs as stored: a PRMT per byte, a LOP3 per pair of consecutive
-    fields, the unbias HFMA2 with the per-column constants the kernel makes from z), run instruction by instruction
-    on random words, every zero point and fp16 x pairs: each lane's fp16 chain equals the products of (q - z) *
-    2**-S and x in the kernel's order, each rounded to fp16, and the two lanes' sum in fp32."""
+@pytest.mark.parametrize("name,block_k", [("int2_g64_asym", 64), ("eqat_w2g128", 64), ("int4_g128_asym", 64),
+                                          ("int8_g32_sym_f32", 32), ("int8_g32_sym_f32", 64), ("int4_g32_sym_f32", 64)])
+def test_packed_half_dot_ptx_twin(name, block_k):
+    """The packed-int half_dot's GPU-only inline PTX, run instruction by instruction on random words, every zero
+    point and fp16 x pairs, with the per-column constants made the way the kernel makes them from z: each lane's fp16
+    chain equals the products (q - z) * 2**-S * x in the kernel's order, each rounded to fp16, and the result the
+    two lanes' sum in fp32. 2-bit words pair consecutive fields with x's pairs as stored (a PRMT per byte); 4- and
+    8-bit words pair fields i and i + PER/2, whose x pair the kernel builds; block_k over the group size (several
+    groups per tile) takes each word row's zero point into the PTX."""
     import re
     qt = ir.quantize(ir.get_format(name), torch.randn(32, 256, generator=torch.Generator().manual_seed(3)) * 0.05)
-    mod = kernel_module(qt.spec, "gemv", 1, 32, 256, ir.KernelConfig(block_m=1, block_n=32, block_k=64, split_k=1,
+    mod = kernel_module(qt.spec, "gemv", 1, 32, 256, ir.KernelConfig(block_m=1, block_n=32, block_k=block_k, split_k=1,
                                                                        num_warps=4, num_stages=1, half_dot=True))
+    bits = qt.spec.decode.bits
+    several = block_k > qt.spec.param("group_size")
+    per = 32 // bits
     src = Path(mod.__file__).read_text()
     body = src[src.index("def part_dot("):]
     asm = re.search(r'asm="""(.*?)"""', body, re.S).group(1)
-    assert "prmt.b32 d, $1, $1" in asm
-    consts = {int(i): (int(m), int(c)) for i, m, c in re.findall(r"a(\d) = zi \* (\d+) \+ (-?\d+)", body)}
+    consts = [(int(m), int(c)) for m, c in re.findall(r"a\d+ = zi \* (\d+) \+ (-?\d+)", body)]
     S = int(round(-math.log2(float(re.search(r"\* (0\.\d+) \* _pair_half", body).group(1)))))
+    if bits == 2:
+        assert "prmt.b32 d, $1, $1" in asm
+        lanes_fields = (list(range(0, per, 2)), list(range(1, per, 2)))
+    else:
+        lanes_fields = (list(range(per // 2)), list(range(per // 2, per)))
     g = torch.Generator().manual_seed(11)
     words = torch.randint(-2**31, 2**31, (24,), dtype=torch.int64, generator=g).tolist() + [0, -1, 0x1B1B1B1B]
     for w in words:
         w &= 0xFFFFFFFF
-        z = w % 4
-        x = (torch.randn(16, generator=g) * 4).half()
-        pairs = x.view(torch.int16).to(torch.int64) & 0xFFFF
-        regs = {"$1": w, **{f"${2 + i}": z * m + c for i, (m, c) in consts.items()},
-                **{f"${4 + j}": int(pairs[2 * j]) | int(pairs[2 * j + 1]) << 16 for j in range(8)}}
+        z = w % (1 << bits)
+        x = (torch.randn(per, generator=g) * 4).half()
+        h = x.view(torch.int16).to(torch.int64) & 0xFFFF
+        if several:  # the word row's zero point goes in whole; the PTX makes the constants (mad.lo)
+            regs = {"$1": w, "$2": z}
+        else:
+            regs = {"$1": w, **{f"${2 + i}": z * m + c for i, (m, c) in enumerate(consts)}}
+        for j, (lo, hi) in enumerate(zip(*lanes_fields)):
+            regs[f"${2 + (1 if several else len(consts)) + j}"] = int(h[lo]) | int(h[hi]) << 16
         got = torch.tensor([run_ptx(asm, regs)["$0"]], dtype=torch.int64).to(torch.int32).view(torch.float32)
-        lanes = [0.0, 0.0]
-        for f in range(16):  # field f at bit 2f, with x_f; even fields in the low lane, odd ones in the high lane
-            d = (((w >> (2 * f)) & 3) - z) * 2.0 ** -S
-            lanes[f % 2] = float(torch.tensor(d * float(x[f]) + lanes[f % 2], dtype=torch.float64).half())
-        want = torch.tensor([lanes[0]], dtype=torch.float32) + torch.tensor([lanes[1]], dtype=torch.float32)
-        assert torch.equal(got, want), (hex(w), z, got, want)
+        sums = []
+        for fields in lanes_fields:
+            acc = 0.0
+            for f in fields:
+                d = (((w >> (bits * f)) & ((1 << bits) - 1)) - z) * 2.0 ** -S
+                acc = float(torch.tensor(d * float(x[f]) + acc, dtype=torch.float64).half())
+            sums.append(torch.tensor([acc], dtype=torch.float32))
+        assert torch.equal(got, sums[0] + sums[1]), (hex(w), z, got, sums)
 
 
 @pytest.mark.parametrize("name", ["int4_g32_sym_f32", "int2_g64_asym"])

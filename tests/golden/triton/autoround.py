@@ -2,7 +2,7 @@
 # kernel:   autoround_b4_g128_sym_75539079_sm90_gemv_m1n64k128s1w4p2
 # format:   autoround   spec key: 755390793d37131d0cd1c1f093a2af811347fd220db5a5bf335a833c8c151800
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f166a751ee48f005
+# arch:     sm90   family: gemv   template hash: ac706581e4d1e9c3
 """autoround_b4_g128_sym_75539079_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `autoround` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   awq_b4_g128_f8fa7c06_sm90_gemv_m1n64k128s1w4p2
 # format:   awq   spec key: f8fa7c068b05902b2e55fcd75695079ea22898aaca4c686166ecf589ea1a9dbc
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 5e8f669972967a15
+# arch:     sm90   family: gemv   template hash: cb77dc1172ac3be0
 """awq_b4_g128_f8fa7c06_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `awq` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   eqat_b4_g128_2c178a46_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat   spec key: 2c178a4627163f5fc5d8a49d226fd3c27f4170609615913377ce7872a4cfab1e
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 39c10988f669479d
+# arch:     sm90   family: gemv   template hash: cbe4bce3211284b3
 """eqat_b4_g128_2c178a46_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   eqat_w2g128_b2_g128_8b69b867_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat_w2g128   spec key: 8b69b86735db0cde2083168bef15479f9f3830a2e65896a47a476c4246fd3da2
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 39c10988f669479d
+# arch:     sm90   family: gemv   template hash: cbe4bce3211284b3
 """eqat_w2g128_b2_g128_8b69b867_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat_w2g128` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

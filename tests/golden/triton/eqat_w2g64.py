@@ -2,7 +2,7 @@
 # kernel:   eqat_w2g64_b2_g64_cb491a46_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat_w2g64   spec key: cb491a462309f39100416f9fdd2e2c273ac71f4f9f4f3cd76cd03557653b4bdf
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 39c10988f669479d
+# arch:     sm90   family: gemv   template hash: cbe4bce3211284b3
 """eqat_w2g64_b2_g64_cb491a46_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat_w2g64` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

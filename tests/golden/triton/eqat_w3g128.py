@@ -2,7 +2,7 @@
 # kernel:   eqat_w3g128_b3_g128_5725a379_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat_w3g128   spec key: 5725a379095c167a206f30af424c3e14b84aeb4e160592d1903c4c08f61ca3e8
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 39c10988f669479d
+# arch:     sm90   family: gemv   template hash: cbe4bce3211284b3
 """eqat_w3g128_b3_g128_5725a379_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat_w3g128` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   eqat_w4g128_b4_g128_1552d827_sm90_gemv_m1n64k128s1w4p2
 # format:   eqat_w4g128   spec key: 1552d827097a91721828b29a086f15615b518a85dc89e9340eac792d07c79c10
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 39c10988f669479d
+# arch:     sm90   family: gemv   template hash: cbe4bce3211284b3
 """eqat_w4g128_b4_g128_1552d827_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `eqat_w4g128` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

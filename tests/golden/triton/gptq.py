@@ -2,7 +2,7 @@
 # kernel:   gptq_b4_g128_e10a8ca0_sm90_gemv_m1n64k128s1w4p2
 # format:   gptq   spec key: e10a8ca001483d15160aae86fe37910832460c459e40366e9b06265a5043a843
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f166a751ee48f005
+# arch:     sm90   family: gemv   template hash: ac706581e4d1e9c3
 """gptq_b4_g128_e10a8ca0_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `gptq` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   higgs_p2_b4_b4_g256_4aee09c0_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p2_b4   spec key: 4aee09c08533e577ddf8a2ab9579ba708b4f1cb3333706f387475d48bffddc5f
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f43014c4367726fe
+# arch:     sm90   family: gemv   template hash: 3218b04535b45152
 """higgs_p2_b4_b4_g256_4aee09c0_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p2_b4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

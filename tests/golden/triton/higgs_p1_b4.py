@@ -2,7 +2,7 @@
 # kernel:   higgs_p1_b4_b4_g256_ffed76c1_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p1_b4   spec key: ffed76c15d2a4054a942e03f9950ed6d102b52a63dcb458423703483ce12cf18
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f43014c4367726fe
+# arch:     sm90   family: gemv   template hash: 3218b04535b45152
 """higgs_p1_b4_b4_g256_ffed76c1_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p1_b4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   higgs_p2_b2_b2_g256_817446c5_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p2_b2   spec key: 817446c5eaa9803f98b943c8742acae87fcdce32a820ecf5f0e81049bac59962
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f43014c4367726fe
+# arch:     sm90   family: gemv   template hash: 3218b04535b45152
 """higgs_p2_b2_b2_g256_817446c5_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p2_b2` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

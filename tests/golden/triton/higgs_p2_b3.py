@@ -2,7 +2,7 @@
 # kernel:   higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2
 # format:   higgs_p2_b3   spec key: 672d0f324bfe9bea698f8cb142e674582296d554de314f4ec9ebb459d8ac53df
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f43014c4367726fe
+# arch:     sm90   family: gemv   template hash: 3218b04535b45152
 """higgs_p2_b3_b3_g256_672d0f32_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `higgs_p2_b3` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

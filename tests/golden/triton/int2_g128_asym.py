@@ -2,7 +2,7 @@
 # kernel:   int2_g128_asym_b2_g128_b208a0f6_sm90_gemv_m1n64k128s1w4p2
 # format:   int2_g128_asym   spec key: b208a0f6614f1a44126d08228676ca558bd8c16323a0f7bfeda113a0e9aebbd3
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f166a751ee48f005
+# arch:     sm90   family: gemv   template hash: ac706581e4d1e9c3
 """int2_g128_asym_b2_g128_b208a0f6_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int2_g128_asym` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   int2_g64_asym_b2_g64_aac4c42d_sm90_gemv_m1n64k128s1w4p2
 # format:   int2_g64_asym   spec key: aac4c42d3be2934b0e23aa3fa3189d744f7a6285749bbf6351666392f3220e43
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f166a751ee48f005
+# arch:     sm90   family: gemv   template hash: ac706581e4d1e9c3
 """int2_g64_asym_b2_g64_aac4c42d_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int2_g64_asym` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

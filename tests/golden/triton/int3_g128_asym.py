@@ -2,7 +2,7 @@
 # kernel:   int3_g128_asym_b3_g128_e44147f3_sm90_gemv_m1n64k128s1w4p2
 # format:   int3_g128_asym   spec key: e44147f3a9ece86c21eadcf71fe842ebb445fb6914d2feb8ea87019e57f5c7b0
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f166a751ee48f005
+# arch:     sm90   family: gemv   template hash: ac706581e4d1e9c3
 """int3_g128_asym_b3_g128_e44147f3_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int3_g128_asym` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

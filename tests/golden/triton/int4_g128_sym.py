@@ -2,7 +2,7 @@
 # kernel:   int4_g128_sym_b4_g128_sym_3274618f_sm90_gemv_m1n64k128s1w4p2
 # format:   int4_g128_sym   spec key: 3274618f9ba29a0860545f58fa3e6fac273be5a531d094251af70779745b1f7d
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f166a751ee48f005
+# arch:     sm90   family: gemv   template hash: ac706581e4d1e9c3
 """int4_g128_sym_b4_g128_sym_3274618f_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int4_g128_sym` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   int4_g32_sym_f32_b4_g32_sym_8aa06cb6_sm90_gemv_m1n64k128s1w4p2
 # format:   int4_g32_sym_f32   spec key: 8aa06cb66401ef5c961d36d10b7c431bcf1cc05fe080ba980664fcdb3571acf0
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f166a751ee48f005
+# arch:     sm90   family: gemv   template hash: ac706581e4d1e9c3
 """int4_g32_sym_f32_b4_g32_sym_8aa06cb6_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int4_g32_sym_f32` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

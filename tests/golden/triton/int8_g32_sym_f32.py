@@ -2,7 +2,7 @@
 # kernel:   int8_g32_sym_f32_b8_g32_sym_24b1f46e_sm90_gemv_m1n64k128s1w4p2
 # format:   int8_g32_sym_f32   spec key: 24b1f46e23410acdf1a179b1229b543fae77189a770de204252d265318cc3362
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: f166a751ee48f005
+# arch:     sm90   family: gemv   template hash: ac706581e4d1e9c3
 """int8_g32_sym_f32_b8_g32_sym_24b1f46e_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `int8_g32_sym_f32` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

@@ -2,7 +2,7 @@
 # kernel:   matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2
 # format:   matryoshka   spec key: 4f15f60e02660ae36156d490d7495a7f2b8d0b03d6aa5b5a3815a76abb0cc490
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: 1f67b10b84fa6330
+# arch:     sm90   family: gemv   template hash: bcb9c03650c94daf
 """matryoshka_g128_4f15f60e_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `matryoshka` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.

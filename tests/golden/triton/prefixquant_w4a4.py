@@ -2,7 +2,7 @@
 # kernel:   prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2
 # format:   prefixquant_w4a4   spec key: 7f274e29a48a6aabe7c7bea3bea89acbb17aa49e5bdd8ccb558de72fc7b805fe
 # config:   m1n64k128s1w4p2   ({"block_k": 128, "block_m": 1, "block_n": 64, "num_stages": 2, "num_warps": 4, "split_k": 1, "swap_ab": false})
-# arch:     sm90   family: gemv   template hash: af42cb2eda4c98e1
+# arch:     sm90   family: gemv   template hash: 2acabe0991b50452
 """prefixquant_w4a4_b4_7f274e29_sm90_gemv_m1n64k128s1w4p2: y = x @ W^T (+ bias) for the `prefixquant_w4a4` format.
 
 Entry point: `run(x, tensors, N, bias=None, out=None)`.
