@@ -388,6 +388,35 @@ def test_seeds_go_right_after_the_default_and_patience_ends_a_converged_case(fak
     assert len(full.trials) == 40     # without patience the search goes on to its cap
 
 
+def test_the_incumbent_is_retimed_among_the_finalists(fake_kernels, monkeypatch):
+    """The database's config for the very case being re-tuned (here a template-changed entry) is re-timed with the
+    finalists: a screening measurement that ranked it below two others by noise does not hand the entry to a
+    slower tile."""
+    from codegen.arch import default_config
+    _costed(monkeypatch, fake_kernels)
+    cases, _ = plan_cases(["gptq"], [(N, K)], [1], ["triton"], out=lambda m: None)
+    case = cases[0]
+    ref = verify.Reference.build(case.spec, case.fmt_arg, N, K, "cpu", seed=1)
+    dflt = default_config(case.spec, (case.M, N, K), "sm90")
+    others = [c for c in _gemv_configs(case) if c != dflt]
+    held, a, b = others[-1], others[-2], others[-3]
+    known = {entry_key(case.spec.key, "triton", N, K, case.bucket): {"config": json.loads(held.to_json()),
+                                                                    "family": case.family, "format": "gptq"}}
+
+    def noisy_timer(fn, rep_ms):   # screening (short windows) misranks the incumbent; the final re-timing does not
+        fn()
+        cfg = Costed.last
+        if cfg == held:
+            return 90.0 if rep_ms == sweep.SCREEN_REP_MS else 40.0
+        return {a: 60.0, b: 70.0}.get(cfg, 100.0)
+    res = sweep.tune_case(case, ref, arch="sm90", budget_s=600, timer=noisy_timer, jobs=4, seeds=[a, b],
+                          known=known, max_candidates=12)
+    assert res.winner.config == held and res.winner.us == 40.0
+    res = sweep.tune_case(case, ref, arch="sm90", budget_s=600, timer=noisy_timer, jobs=4, seeds=[a, b],
+                          max_candidates=12)   # no database entry: the screening's best two decide
+    assert res.winner.config == a
+
+
 def test_tried_configs_outside_the_space_are_skipped_with_the_reason(fake_kernels, monkeypatch, caplog):
     """sweep --try: a config the case's space holds is measured right after the default; one it does not hold (a
     gemm tile for a gemv case) is skipped and the log says why. The labels parse as the CLI parses them."""
