@@ -89,6 +89,11 @@ def _f16_bits(v: float) -> int:
     return torch.tensor([v], dtype=torch.float64).to(torch.float16).view(torch.int16).item() & 0xFFFF
 
 
+def _f32_bits(v) -> int:
+    """v (a float or a float32 tensor of one element) as float32 bits."""
+    return torch.as_tensor([v], dtype=torch.float32).view(torch.int32).item() & 0xFFFFFFFF
+
+
 def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
     """Execute the straight-line PTX of an inline-asm block (and/shr/shl/mul/prmt/lop3/mov/cvt on .b32/.b16
     registers, fp16x2 mul/fma/add with one rounding, add.f32) for 32-bit inputs `regs` ({"$8": v, ...}) and
@@ -145,8 +150,7 @@ def run_ptx(asm: str, regs: dict[str, int]) -> dict[str, int]:
             "mul.rn.f16x2": lambda: f16x2(lambda a, b: a * b, *v),
             "fma.rn.f16x2": lambda: f16x2(lambda a, b, c: a * b + c, *v),
             "add.rn.f16x2": lambda: f16x2(lambda a, b: a + b, *v),
-            "add.f32": lambda: (f32(v[0]) + f32(v[1])).view(torch.int32).item() & 0xFFFFFFFF,
-            "cvt.f32.f16": lambda: torch.tensor([v[0]], dtype=torch.int32).to(torch.int16).view(torch.float16)
-            .float().view(torch.int32).item() & 0xFFFFFFFF,
+            "add.f32": lambda: _f32_bits((f32(v[0]) + f32(v[1])).item()),
+            "cvt.f32.f16": lambda: _f32_bits(_f16(v[0])),
         }[op]()
     return regs
